@@ -1,0 +1,168 @@
+"""Fall/rise state machine for many targets (seed: `StateTracker`). Pure logic: no I/O, no clock.
+
+Besides the seed's state and consecutive counters, each entry keeps what `/metrics` shows about
+the target (last result, checks by result, transitions), so metrics are built from this state at
+scrape time instead of being updated as thousands of labelled children on every check.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from exporter.model import Result, Target, TargetState
+
+SUCCESS = "success"  # `result` label value of a passing check
+
+
+@dataclass(slots=True)
+class TargetEntry:
+    """Everything tracked about one target. Mutated only by `StateTracker`."""
+
+    target: Target
+    state: TargetState = TargetState.HEALTHY
+    consecutive_failures: int = 0
+    consecutive_successes: int = 0
+    last_result: Result | None = None
+    checks: dict[str, int] = field(default_factory=dict)  # result label -> count
+    transitions_to_healthy: int = 0
+    transitions_to_unhealthy: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TargetChanges:
+    """What `StateTracker.apply_targets` changed."""
+
+    added: tuple[Target, ...] = ()
+    removed: tuple[Target, ...] = ()
+    updated: tuple[Target, ...] = ()  # known id whose address, app or path changed
+
+    @property
+    def membership_changed(self) -> bool:
+        return bool(self.added or self.removed)
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.updated)
+
+
+class StateTracker:
+    """Tracks health state for many targets with HAProxy-style fall/rise thresholds.
+
+    As in the seed: thresholds below 1 act as 1; new targets start healthy; an unknown target
+    reads as unhealthy; a result for an unknown target is ignored. Safe to call from several
+    threads (the seed guards it with a mutex; here a lock keeps iteration consistent).
+    """
+
+    def __init__(self, fall: int, rise: int) -> None:
+        self._fall = max(fall, 1)
+        self._rise = max(rise, 1)
+        self._entries: dict[str, TargetEntry] = {}
+        self._unhealthy = 0
+        self._lock = threading.Lock()
+
+    @property
+    def fall(self) -> int:
+        return self._fall
+
+    @property
+    def rise(self) -> int:
+        return self._rise
+
+    def sync_targets(self, targets: Iterable[Target]) -> bool:
+        """Add new targets (healthy), drop missing ones, refresh known ones (seed: `SyncTargets`).
+
+        Returns True if any target was added or removed; a refreshed address alone returns False,
+        as in the seed. `apply_targets` tells the whole story.
+        """
+        return self.apply_targets(targets).membership_changed
+
+    def apply_targets(self, targets: Iterable[Target]) -> TargetChanges:
+        """Like `sync_targets`, returning which targets were added, removed and updated."""
+        added: list[Target] = []
+        updated: list[Target] = []
+        with self._lock:
+            wanted: dict[str, Target] = {t.id: t for t in targets}
+            for target_id, target in wanted.items():
+                entry = self._entries.get(target_id)
+                if entry is None:
+                    self._entries[target_id] = TargetEntry(target)
+                    added.append(target)
+                elif entry.target != target:
+                    entry.target = target  # IP/port may change when a container restarts
+                    updated.append(target)
+            removed = [e for tid, e in self._entries.items() if tid not in wanted]
+            for entry in removed:
+                del self._entries[entry.target.id]
+                if entry.state is TargetState.UNHEALTHY:
+                    self._unhealthy -= 1
+        return TargetChanges(tuple(added), tuple(e.target for e in removed), tuple(updated))
+
+    def record_result(self, result: Result) -> bool:
+        """Count a check result; True if the target's state flipped (seed: `RecordResult`)."""
+        with self._lock:
+            entry = self._entries.get(result.target.id)
+            if entry is None:  # removed between check and result
+                return False
+            entry.last_result = result
+            label = SUCCESS if result.healthy else str(result.reason or "other")
+            entry.checks[label] = entry.checks.get(label, 0) + 1
+            if result.healthy:
+                entry.consecutive_failures = 0
+                entry.consecutive_successes += 1
+                if (
+                    entry.state is TargetState.UNHEALTHY
+                    and entry.consecutive_successes >= self._rise
+                ):
+                    entry.state = TargetState.HEALTHY
+                    entry.transitions_to_healthy += 1
+                    self._unhealthy -= 1
+                    return True
+            else:
+                entry.consecutive_successes = 0
+                entry.consecutive_failures += 1
+                if entry.state is TargetState.HEALTHY and entry.consecutive_failures >= self._fall:
+                    entry.state = TargetState.UNHEALTHY
+                    entry.transitions_to_unhealthy += 1
+                    self._unhealthy += 1
+                    return True
+            return False
+
+    def get_state(self, target_id: str) -> TargetState:
+        """The target's state; UNHEALTHY for an unknown id (seed: `GetState`)."""
+        entry = self._entries.get(target_id)
+        return TargetState.UNHEALTHY if entry is None else entry.state
+
+    def get_entry(self, target_id: str) -> TargetEntry | None:
+        return self._entries.get(target_id)
+
+    def get_healthy_targets(self) -> list[Target]:
+        return self._targets_in(TargetState.HEALTHY)
+
+    def get_unhealthy_targets(self) -> list[Target]:
+        return self._targets_in(TargetState.UNHEALTHY)
+
+    def get_all_targets(self) -> list[Target]:
+        with self._lock:
+            return [e.target for e in self._entries.values()]
+
+    def entries(self) -> list[TargetEntry]:
+        """All entries in the order targets were first seen (a new list; the entries are live)."""
+        with self._lock:
+            return list(self._entries.values())
+
+    def get_stats(self) -> tuple[int, int, int]:
+        """(total, healthy, unhealthy), in O(1) (seed: `GetStats`)."""
+        with self._lock:
+            total = len(self._entries)
+            return total, total - self._unhealthy, self._unhealthy
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, target_id: object) -> bool:
+        return target_id in self._entries
+
+    def _targets_in(self, state: TargetState) -> list[Target]:
+        with self._lock:
+            return [e.target for e in self._entries.values() if e.state is state]
