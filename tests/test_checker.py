@@ -1,0 +1,615 @@
+"""HTTPChecker against real servers on loopback (ports the seed's `checker_test.go`, and more)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import math
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import uvloop
+
+from exporter import __version__
+from exporter.checker import MAX_HEADER_BYTES, HTTPChecker, _ResponseHeadProtocol
+from exporter.model import FailureReason, Result, RetryConfig, Target
+from tests.servers import (
+    LOOPBACK,
+    RawMode,
+    TargetServer,
+    ipv6_loopback_available,
+    raw_server,
+    target_server,
+    unused_port,
+)
+
+# Not a valid host name, so glibc fails it without asking a DNS server (which, on some machines,
+# drops concurrent queries and so makes a look-up take 5 s).
+LOCALLY_UNRESOLVABLE = "-not-a-host-name-.invalid"
+
+needs_ipv6 = pytest.mark.skipif(not ipv6_loopback_available(), reason="no IPv6 loopback")
+
+
+async def eventually(condition: Callable[[], bool], within: float = 5.0) -> None:
+    """Wait until `condition()` holds, failing the test if it does not within `within` seconds."""
+    try:
+        async with asyncio.timeout(within):
+            while not condition():  # noqa: ASYNC110 -- polls state that offers no event
+                await asyncio.sleep(0.005)
+    except TimeoutError:
+        pytest.fail(f"condition still false after {within}s")
+
+
+def refused_target() -> Target:
+    return Target(id="refused", ip=LOOPBACK, port=str(unused_port()))
+
+
+def open_fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[TargetServer]:
+    async with target_server() as srv:
+        yield srv
+
+
+@pytest.fixture
+def checker() -> HTTPChecker:
+    return HTTPChecker(timeout=2.0)
+
+
+# --- construction ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("timeout", [0, -1.0, math.nan, math.inf])
+def test_timeout_must_be_positive_and_finite(timeout: float) -> None:
+    with pytest.raises(ValueError, match="timeout"):
+        HTTPChecker(timeout)
+
+
+def test_timeout_is_a_read_only_property() -> None:
+    checker = HTTPChecker(1.5)
+    assert checker.timeout == 1.5
+    with pytest.raises(AttributeError):
+        checker.timeout = 3.0  # type: ignore[misc]
+
+
+# --- check: healthy and status codes --------------------------------------------------------
+
+
+async def test_healthy_target_has_no_error_and_a_positive_duration(
+    server: TargetServer, checker: HTTPChecker
+) -> None:
+    before = time.time()
+    result = await checker.check(server.target("/health"))
+    assert result == Result(
+        target=server.target("/health"),
+        healthy=True,
+        status_code=200,
+        duration=result.duration,
+        checked_at=result.checked_at,
+    )
+    assert 0 < result.duration < 2.0
+    assert before <= result.checked_at <= time.time()
+    assert server.path_hits["/health"] == 1
+
+
+@pytest.mark.parametrize(
+    ("code", "healthy"),
+    [(200, True), (201, True), (301, True), (400, False), (404, False), (500, False), (503, False)],
+)
+async def test_2xx_and_3xx_are_healthy_other_statuses_are_not(
+    server: TargetServer, checker: HTTPChecker, code: int, healthy: bool
+) -> None:
+    result = await checker.check(server.target(f"/status/{code}"))
+    assert (result.healthy, result.status_code) == (healthy, code)
+    if healthy:
+        assert (result.error, result.reason) == (None, None)
+    else:
+        assert result.error == f"unhealthy status code: {code}"
+        assert result.reason is FailureReason.HTTP_STATUS
+
+
+async def test_redirect_is_not_followed_and_counts_as_healthy(
+    server: TargetServer, checker: HTTPChecker
+) -> None:
+    result = await checker.check(server.target("/redirect"))
+    assert (result.healthy, result.status_code) == (True, 302)
+    assert server.path_hits["/elsewhere"] == 0
+
+
+async def test_flip_toggles_health(server: TargetServer, checker: HTTPChecker) -> None:
+    assert (await checker.check(server.target("/flip"))).healthy
+    server.flip.healthy = False
+    assert (await checker.check(server.target("/flip"))).status_code == 503
+
+
+async def test_request_is_a_minimal_http11_get_without_keep_alive(checker: HTTPChecker) -> None:
+    async with raw_server("reply", reply=b"HTTP/1.1 200 OK\r\n\r\n") as srv:
+        result = await checker.check(srv.target("/ready?full=1"))
+    assert result.healthy
+    assert srv.requests == [
+        b"GET /ready?full=1 HTTP/1.1\r\n"
+        b"Host: 127.0.0.1:%d\r\n"
+        b"User-Agent: healthcheck-exporter/%s\r\n"
+        b"Accept: */*\r\n"
+        b"Connection: close\r\n\r\n" % (srv.port, __version__.encode())
+    ]
+
+
+@needs_ipv6
+async def test_ipv6_literal_target_is_reached_with_bracketed_host_header(
+    checker: HTTPChecker,
+) -> None:
+    async with raw_server("reply", reply=b"HTTP/1.1 200 OK\r\n\r\n", host="::1") as srv:
+        result = await checker.check(srv.target())
+    assert result.healthy
+    assert b"\r\nHost: [::1]:%d\r\n" % srv.port in srv.requests[0]
+
+
+async def test_hostname_is_resolved_and_sent_as_host_header(checker: HTTPChecker) -> None:
+    async with raw_server("reply", reply=b"HTTP/1.1 204 No Content\r\n\r\n") as srv:
+        result = await checker.check(Target(id="named", ip="localhost", port=str(srv.port)))
+    assert (result.healthy, result.status_code) == (True, 204)
+    assert b"\r\nHost: localhost:%d\r\n" % srv.port in srv.requests[0]
+
+
+async def test_body_is_never_read(checker: HTTPChecker) -> None:
+    async with raw_server("stream_body") as srv:  # 200 header block, then an endless body
+        result = await checker.check(srv.target())
+    assert (result.healthy, result.status_code) == (True, 200)
+    assert result.duration < checker.timeout
+
+
+# --- check: status line and header block ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reply", "status", "reason"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 200, None),
+        (b"HTTP/1.0 204 No Content\r\n\r\n", 204, None),
+        (b"HTTP/1.1 200\r\n\r\n", 200, None),
+        (b"HTTP/1.1 399 Custom\r\nX-A: b\r\n\r\n", 399, None),
+        (b"HTTP/1.1 100 Continue\r\n\r\n", 100, FailureReason.HTTP_STATUS),
+        (b"HTTP/1.1 600 Beyond\r\n\r\n", 600, FailureReason.HTTP_STATUS),
+        (b"HTTP/2 200\r\n\r\n", 0, FailureReason.PROTOCOL_ERROR),
+        (b"HTTP/1.2 200 OK\r\n\r\n", 0, FailureReason.PROTOCOL_ERROR),
+        (b"http/1.1 200 OK\r\n\r\n", 0, FailureReason.PROTOCOL_ERROR),
+        (b"HTTP/1.1 20 OK\r\n\r\n", 0, FailureReason.PROTOCOL_ERROR),
+        (b"HTTP/1.1 2000 OK\r\n\r\n", 0, FailureReason.PROTOCOL_ERROR),
+        (b"HTTP/1.1 200OK\r\n\r\n", 0, FailureReason.PROTOCOL_ERROR),
+        (b"HTTP/1.1  200 OK\r\n\r\n", 0, FailureReason.PROTOCOL_ERROR),
+        (b"HTTP/1.1 2x0 OK\r\n\r\n", 0, FailureReason.PROTOCOL_ERROR),
+        (b"HTTP/1.1 099 Low\r\n\r\n", 0, FailureReason.PROTOCOL_ERROR),
+        (b"HTTP/1.1 \xc8\xc8\xc8 OK\r\n\r\n", 0, FailureReason.PROTOCOL_ERROR),
+    ],
+)
+async def test_status_line_is_parsed_strictly(
+    checker: HTTPChecker, reply: bytes, status: int, reason: FailureReason | None
+) -> None:
+    async with raw_server("reply", reply=reply) as srv:
+        result = await checker.check(srv.target())
+    assert (result.status_code, result.reason, result.healthy) == (status, reason, reason is None)
+
+
+async def test_non_http_peer_that_sends_one_line_and_waits_fails_at_once(
+    checker: HTTPChecker,
+) -> None:
+    async with raw_server("reply", reply=b"SSH-2.0-OpenSSH_9.6\r\n") as srv:
+        result = await checker.check(srv.target())
+    assert result.reason is FailureReason.PROTOCOL_ERROR
+    assert result.error == "request failed: malformed status line 'SSH-2.0-OpenSSH_9.6'"
+    assert result.duration < checker.timeout / 2
+
+
+@pytest.mark.parametrize(
+    ("size", "reason"),
+    [(MAX_HEADER_BYTES, None), (MAX_HEADER_BYTES + 1, FailureReason.PROTOCOL_ERROR)],
+)
+async def test_header_block_is_capped_at_16_kib(
+    checker: HTTPChecker, size: int, reason: FailureReason | None
+) -> None:
+    head = b"HTTP/1.1 200 OK\r\nX-Fill: \r\n\r\n"
+    reply = head.replace(b": ", b": " + b"a" * (size - len(head)))
+    assert len(reply) == size
+    async with raw_server("reply", reply=reply) as srv:
+        result = await checker.check(srv.target())
+    assert (result.reason, result.status_code) == (reason, 200)
+
+
+async def test_response_split_anywhere_across_reads_is_parsed() -> None:
+    response = b"HTTP/1.1 503 Busy\r\nRetry-After: 1\r\n\r\nbody"
+    loop = asyncio.get_running_loop()
+    for split in range(1, len(response)):
+        protocol = _ResponseHeadProtocol(b"", loop.create_future())
+        protocol.data_received(response[:split])
+        protocol.data_received(response[split:])
+        assert (protocol.done.done(), protocol.status, protocol.error) == (True, 503, None)
+    protocol = _ResponseHeadProtocol(b"", loop.create_future())
+    for byte in response:
+        protocol.data_received(bytes([byte]))
+    assert (protocol.done.done(), protocol.status, protocol.error) == (True, 503, None)
+
+
+# --- check: failures ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "reason", "status", "error"),
+    [
+        ("reset", FailureReason.CONNECTION_RESET, 0, "request failed: connection reset by peer"),
+        (
+            "close",
+            FailureReason.CONNECTION_RESET,
+            0,
+            "request failed: connection closed before the response headers were complete",
+        ),
+        (
+            "garbage",
+            FailureReason.PROTOCOL_ERROR,
+            0,
+            "request failed: malformed status line 'hello world'",
+        ),
+        (
+            "huge_headers",
+            FailureReason.PROTOCOL_ERROR,
+            200,
+            f"request failed: response header block exceeds {MAX_HEADER_BYTES} bytes",
+        ),
+    ],
+)
+async def test_misbehaving_peer_gives_its_failure_reason(
+    checker: HTTPChecker,
+    mode: RawMode,
+    reason: FailureReason,
+    status: int,
+    error: str,
+) -> None:
+    async with raw_server(mode) as srv:
+        result = await checker.check(srv.target())
+    assert (result.healthy, result.reason, result.status_code, result.error) == (
+        False,
+        reason,
+        status,
+        error,
+    )
+    assert result.duration > 0
+
+
+async def test_connection_refused(checker: HTTPChecker) -> None:
+    result = await checker.check(refused_target())
+    assert (result.healthy, result.reason, result.status_code) == (
+        False,
+        FailureReason.CONNECTION_REFUSED,
+        0,
+    )
+    assert result.error == "request failed: connection refused"
+
+
+def resolve_to_both_loopbacks(monkeypatch: pytest.MonkeyPatch, port: int) -> None:
+    """Make the running (asyncio) loop resolve every name to `::1` and then `127.0.0.1`."""
+
+    async def getaddrinfo(*_: object, **__: object) -> list[Any]:
+        return [
+            (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", port, 0, 0)),
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", (LOOPBACK, port)),
+        ]
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", getaddrinfo)
+
+
+@needs_ipv6
+async def test_name_with_several_addresses_falls_back_to_the_next_one(
+    server: TargetServer, checker: HTTPChecker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    resolve_to_both_loopbacks(monkeypatch, server.port)  # nothing listens on ::1
+    result = await checker.check(Target(id="dual", ip="dual-stack.test", port=str(server.port)))
+    assert (result.healthy, result.status_code) == (True, 200)
+
+
+@needs_ipv6
+async def test_name_whose_every_address_refuses_is_connection_refused(
+    checker: HTTPChecker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = unused_port()
+    resolve_to_both_loopbacks(monkeypatch, port)
+    result = await checker.check(Target(id="dual", ip="dual-stack.test", port=str(port)))
+    assert (result.reason, result.error) == (
+        FailureReason.CONNECTION_REFUSED,
+        "request failed: connection refused",
+    )
+
+
+def test_timeout_while_resolving_under_uvloop_leaves_no_unretrieved_error() -> None:
+    # uvloop's create_connection leaves such an error behind (MagicStack/uvloop#437).
+    async def scenario() -> list[dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        reported: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _, context: reported.append(context))
+        checker = HTTPChecker(timeout=1e-6)  # fires before any look-up can finish
+        names = [f"-{i}{LOCALLY_UNRESOLVABLE}" for i in range(8)]
+        await asyncio.gather(*(checker.check(Target(id=n, ip=n, port="80")) for n in names))
+        for name in names * 2:  # queued behind the abandoned look-ups, so done after them
+            with contextlib.suppress(OSError):
+                await loop.getaddrinfo(name, 80)
+        gc.collect()
+        return reported
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert runner.run(scenario()) == []
+
+
+async def test_unresolvable_name_is_a_dns_failure() -> None:
+    checker = HTTPChecker(timeout=10)  # above the resolver's 5 s retry, should a query be lost
+    result = await checker.check(Target(id="dns", ip="no-such-host.invalid", port="80"))
+    assert (result.healthy, result.reason, result.status_code) == (False, FailureReason.DNS, 0)
+    assert result.error is not None
+    assert result.error.startswith("request failed: cannot resolve 'no-such-host.invalid': ")
+
+
+@pytest.mark.parametrize(
+    "loop_factory", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"]
+)
+def test_name_that_cannot_be_encoded_is_a_dns_failure(
+    loop_factory: Callable[[], asyncio.AbstractEventLoop],
+) -> None:
+    target = Target(id="dns", ip="empty..label", port="80")
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        result = runner.run(HTTPChecker(timeout=2).check(target))
+    assert (result.reason, result.error) == (
+        FailureReason.DNS,
+        "request failed: cannot resolve 'empty..label': invalid name",
+    )
+
+
+async def test_unroutable_address_is_network_unreachable(checker: HTTPChecker) -> None:
+    # Linux refuses TCP to a multicast address with ENETUNREACH, without sending anything.
+    result = await checker.check(Target(id="mcast", ip="224.0.0.1", port="80"))
+    assert (result.reason, result.error) == (
+        FailureReason.NETWORK_UNREACHABLE,
+        "request failed: network is unreachable",
+    )
+
+
+async def test_slow_response_times_out(server: TargetServer) -> None:
+    checker = HTTPChecker(timeout=0.1)
+    result = await checker.check(server.target("/slow?delay=0.5"))
+    assert (result.healthy, result.reason, result.status_code) == (
+        False,
+        FailureReason.TIMEOUT,
+        0,
+    )
+    assert result.error == "request failed: timed out after 0.1s"
+    assert 0.1 <= result.duration < 0.5
+
+
+async def test_hanging_server_times_out_and_the_connection_is_closed(
+    server: TargetServer,
+) -> None:
+    result = await HTTPChecker(timeout=0.1).check(server.target("/hang"))
+    assert result.reason is FailureReason.TIMEOUT
+    await eventually(lambda: server.in_flight == 0)  # the server saw the client go
+
+
+@pytest.mark.parametrize(
+    ("ip", "port", "path", "what"),
+    [
+        (LOOPBACK, "", "health", "health check path"),
+        (LOOPBACK, "", "/a b", "health check path"),
+        (LOOPBACK, "", "/a\r\nX-Injected: 1", "health check path"),
+        (LOOPBACK, "", "/caf\u00e9", "health check path"),
+        (LOOPBACK, "", "/tab\there", "health check path"),
+        (LOOPBACK, "", "", "health check path"),
+        ("", "", "/health", "host"),
+        ("evil\r\nX: y", "", "/health", "host"),
+        (LOOPBACK, "0", "/health", "port"),
+        (LOOPBACK, "65536", "/health", "port"),
+        (LOOPBACK, "http", "/health", "port"),
+    ],
+)
+async def test_target_that_cannot_be_sent_unaltered_is_refused_without_connecting(
+    checker: HTTPChecker, ip: str, port: str, path: str, what: str
+) -> None:
+    async with raw_server("close") as srv:
+        target = Target(id="bad", ip=ip, port=port or str(srv.port), health_check_path=path)
+        result = await checker.check(target)
+    assert (result.healthy, result.reason, result.status_code) == (False, FailureReason.OTHER, 0)
+    assert result.error is not None
+    assert result.error.startswith(f"invalid request: {what} ")
+    assert srv.connections == 0
+
+
+# --- check: cancellation --------------------------------------------------------------------
+
+
+async def test_cancellation_propagates_and_closes_the_connection(server: TargetServer) -> None:
+    task = asyncio.create_task(HTTPChecker(timeout=10).check(server.target("/hang")))
+    await eventually(lambda: server.in_flight == 1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await eventually(lambda: server.in_flight == 0)
+
+
+async def test_cancellation_before_the_check_starts_propagates(
+    server: TargetServer, checker: HTTPChecker
+) -> None:
+    task = asyncio.create_task(checker.check(server.target("/health")))
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not server.path_hits
+
+
+# --- check_with_retry -----------------------------------------------------------------------
+
+FAST_RETRY = RetryConfig(max_retries=5, initial_backoff=0.01, max_backoff=0.05)
+
+
+async def test_retry_stops_at_immediate_success(server: TargetServer, checker: HTTPChecker) -> None:
+    retries: list[tuple[int, float]] = []
+    result = await checker.check_with_retry(
+        server.target("/t/a"), FAST_RETRY, lambda *args: retries.append(args)
+    )
+    assert result.healthy
+    assert (server.hits["a"], retries) == (1, [])
+
+
+async def test_retry_succeeds_after_two_failures(
+    server: TargetServer, checker: HTTPChecker
+) -> None:
+    retries: list[tuple[int, float]] = []
+    result = await checker.check_with_retry(
+        server.target("/t/a?fail_first=2"), FAST_RETRY, lambda *args: retries.append(args)
+    )
+    assert (result.healthy, result.error) == (True, None)
+    assert server.hits["a"] == 3
+    assert retries == [(1, 0.01), (2, 0.02)]
+
+
+async def test_retry_gives_up_after_max_retries_plus_one_attempts(
+    server: TargetServer, checker: HTTPChecker
+) -> None:
+    config = RetryConfig(max_retries=2, initial_backoff=0.01, max_backoff=0.05)
+    server.down.add("a")
+    result = await checker.check_with_retry(server.target("/t/a"), config)
+    assert server.hits["a"] == 3
+    assert (result.healthy, result.reason, result.status_code) == (
+        False,
+        FailureReason.HTTP_STATUS,
+        503,
+    )
+    assert result.error == "health check failed after 3 attempts: unhealthy status code: 503"
+
+
+async def test_retry_backoff_doubles_up_to_the_cap(checker: HTTPChecker) -> None:
+    config = RetryConfig(max_retries=4, initial_backoff=0.01, max_backoff=0.03)
+    retries: list[tuple[int, float]] = []
+    result = await checker.check_with_retry(
+        refused_target(), config, lambda *args: retries.append(args)
+    )
+    assert retries == [(1, 0.01), (2, 0.02), (3, 0.03), (4, 0.03)]
+    assert result.reason is FailureReason.CONNECTION_REFUSED
+    assert (
+        result.error == "health check failed after 5 attempts: request failed: connection refused"
+    )
+
+
+async def test_retry_defaults_to_the_seed_config_and_cancellation_propagates(
+    server: TargetServer, checker: HTTPChecker
+) -> None:
+    retries: list[tuple[int, float]] = []
+    server.down.add("a")
+    task = asyncio.create_task(
+        checker.check_with_retry(server.target("/t/a"), on_retry=lambda *a: retries.append(a))
+    )
+    await eventually(lambda: bool(retries))  # now sleeping the default 0.5 s backoff
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert (retries, server.hits["a"]) == ([(1, 0.5)], 1)
+
+
+# --- check_all ------------------------------------------------------------------------------
+
+
+async def test_check_all_returns_one_result_per_target_in_input_order(
+    server: TargetServer, checker: HTTPChecker
+) -> None:
+    server.down.add("2")
+    targets = [server.target(f"/t/{n}", target_id=n) for n in ("1", "2", "3")]
+    results = await checker.check_all(targets, max_concurrent=10)
+    assert [r.target for r in results] == targets
+    assert [r.healthy for r in results] == [True, False, True]
+    assert server.hits == {"1": 1, "2": 1, "3": 1}
+
+
+async def test_check_all_of_nothing_is_empty(checker: HTTPChecker) -> None:
+    assert await checker.check_all([]) == []
+
+
+@pytest.mark.parametrize(("max_concurrent", "expected_peak"), [(5, 5), (0, 10), (-3, 10)])
+async def test_check_all_never_exceeds_the_concurrency_limit(
+    server: TargetServer, checker: HTTPChecker, max_concurrent: int, expected_peak: int
+) -> None:
+    targets = [server.target("/slow?delay=0.05", target_id=str(i)) for i in range(20)]
+    results = await checker.check_all(targets, max_concurrent=max_concurrent)
+    assert all(r.healthy for r in results)
+    assert server.path_hits["/slow"] == 20
+    assert server.max_in_flight == expected_peak
+
+
+async def test_check_all_cancellation_closes_every_connection(server: TargetServer) -> None:
+    targets = [server.target("/hang", target_id=str(i)) for i in range(4)]
+    task = asyncio.create_task(HTTPChecker(timeout=10).check_all(targets, max_concurrent=2))
+    await eventually(lambda: server.in_flight == 2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await eventually(lambda: server.in_flight == 0)
+    assert server.path_hits["/hang"] == 2
+
+
+# --- every outcome, under both event loops, without leaking file descriptors -----------------
+
+
+async def check_every_outcome(total: int) -> None:
+    """Run `total` checks cycling through every outcome; assert each reason and no fd leak."""
+    checker = HTTPChecker(timeout=1.0)
+    async with contextlib.AsyncExitStack() as stack:
+        srv = await stack.enter_async_context(target_server())
+        raw = {
+            mode: await stack.enter_async_context(raw_server(mode))
+            for mode in ("reset", "close", "garbage", "huge_headers", "stream_body")
+        }
+        cases: list[tuple[Target, FailureReason | None]] = [
+            (srv.target("/health"), None),
+            (srv.target("/redirect"), None),
+            (Target(id="named", ip="localhost", port=str(srv.port)), None),
+            (raw["stream_body"].target(), None),
+            (srv.target("/status/503"), FailureReason.HTTP_STATUS),
+            (srv.target("/hang"), FailureReason.TIMEOUT),
+            (refused_target(), FailureReason.CONNECTION_REFUSED),
+            (raw["reset"].target(), FailureReason.CONNECTION_RESET),
+            (raw["close"].target(), FailureReason.CONNECTION_RESET),
+            (raw["garbage"].target(), FailureReason.PROTOCOL_ERROR),
+            (raw["huge_headers"].target(), FailureReason.PROTOCOL_ERROR),
+            (Target(id="dns", ip=LOCALLY_UNRESOLVABLE, port="80"), FailureReason.DNS),
+            (Target(id="mcast", ip="224.0.0.1", port="80"), FailureReason.NETWORK_UNREACHABLE),
+            (srv.target("/bad path"), FailureReason.OTHER),
+        ]
+        baseline = open_fd_count()
+        rounds = -(-total // len(cases))
+        targets = [target for target, _ in cases] * rounds
+        results = await checker.check_all(targets, max_concurrent=len(targets))  # 1 s in all
+        assert [(r.target.id, r.reason) for r in results] == [
+            (target.id, reason) for target, reason in cases
+        ] * rounds
+        assert all(r.duration > 0 for r in results)
+        for _ in range(3):
+            task = asyncio.create_task(HTTPChecker(timeout=10).check(srv.target("/hang")))
+            await eventually(lambda: srv.in_flight == 1)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await eventually(lambda: srv.in_flight == 0)
+        await eventually(lambda: open_fd_count() <= baseline)
+
+
+@pytest.mark.parametrize(
+    "loop_factory",
+    [asyncio.new_event_loop, uvloop.new_event_loop],
+    ids=["asyncio", "uvloop"],
+)
+def test_200_checks_of_every_outcome_leak_no_file_descriptors(
+    loop_factory: Callable[[], asyncio.AbstractEventLoop],
+) -> None:
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(check_every_outcome(200))
