@@ -1,0 +1,456 @@
+"""Configuration from `HEALTHCHECK_*` environment variables, validated up front.
+
+`load_settings()` is the entry point: it refuses unknown `HEALTHCHECK_*` variables and turns every
+validation problem into one `ConfigError` line naming the variable. Adding a setting means adding a
+field to `Settings` (with a `description`); the unknown-variable check, the error messages and
+`environment_variables()` (for `--help` and the README) all follow from the fields.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import math
+import os
+import re
+from collections.abc import Mapping
+from contextvars import ContextVar
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal, NamedTuple
+
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from pydantic_settings.sources.utils import parse_env_vars
+
+from exporter.model import Config
+
+ENV_PREFIX = "HEALTHCHECK_"
+
+
+class ConfigError(Exception):
+    """Bad configuration; `str()` is one line naming what was wrong and where."""
+
+    def __init__(self, message: str) -> None:
+        # The message goes to logs and terminals as a single line, whatever a parser put in it.
+        super().__init__(" ".join(message.splitlines()))
+
+
+def quoted(value: object, limit: int = 80) -> str:
+    """`repr()` of a user-supplied value for an error message: one line, at most ~`limit` chars."""
+    if isinstance(value, str) and len(value) > limit:
+        return repr(value[:limit]) + "…"
+    return repr(value)
+
+
+# --- durations -----------------------------------------------------------------------------------
+
+_NANOSECONDS_PER_UNIT = {
+    "ns": 1,
+    "us": 1_000,
+    "µs": 1_000,  # U+00B5 MICRO SIGN, as Go accepts
+    "μs": 1_000,  # U+03BC GREEK SMALL LETTER MU, as Go accepts
+    "ms": 1_000_000,
+    "s": 1_000_000_000,
+    "m": 60 * 1_000_000_000,
+    "h": 3600 * 1_000_000_000,
+}
+_UNIT_HINT = "use ns, us, ms, s, m or h, e.g. 500ms, 15s, 1m30s"
+_NUMBER = re.compile(r"\d+(?:\.\d*)?|\.\d+")
+_NUMBER_AND_UNIT = re.compile(r"([0-9.]*)([^0-9.]*)")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Go-style duration (`500ms`, `1m30s`, `2.5s`) or a plain number of seconds.
+
+    Raises ValueError, saying what is wrong, for empty, negative, zero, non-finite or malformed
+    input (unknown unit, a number without unit inside a compound, whitespace inside).
+    """
+    body = text.strip()
+
+    def invalid(reason: str) -> ValueError:
+        return ValueError(f"invalid duration {quoted(text)}: {reason}")
+
+    if not body:
+        raise invalid("empty")
+    if body.startswith("-"):
+        raise invalid("must not be negative")
+    body = body.removeprefix("+")
+    if _NUMBER.fullmatch(body):
+        nanoseconds = Decimal(body) * _NANOSECONDS_PER_UNIT["s"]
+    else:
+        nanoseconds = Decimal(0)
+        for number, unit in _NUMBER_AND_UNIT.findall(body):
+            if not number and not unit:  # the empty match at the end
+                continue
+            if not number:
+                raise invalid(f"expected a number before {quoted(unit)}")
+            if not _NUMBER.fullmatch(number):
+                raise invalid(f"malformed number {quoted(number)}")
+            if not unit:
+                raise invalid(f"missing unit after {quoted(number)} ({_UNIT_HINT})")
+            if any(char.isspace() for char in unit):
+                raise invalid("unexpected whitespace")
+            scale = _NANOSECONDS_PER_UNIT.get(unit)
+            if scale is None:
+                raise invalid(f"unknown unit {quoted(unit)} ({_UNIT_HINT})")
+            nanoseconds += Decimal(number) * scale
+    seconds = float(nanoseconds / _NANOSECONDS_PER_UNIT["s"])
+    if nanoseconds == 0:
+        raise invalid("must be greater than zero")
+    if not math.isfinite(seconds):
+        raise invalid("too large")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """Go-style text for a duration >= 0 with zero parts left out: 15 -> `15s`, 90 -> `1m30s`."""
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"cannot format duration {seconds!r}")
+    nanoseconds = round(seconds * 1e9)
+    if nanoseconds < 1_000:
+        return f"{nanoseconds}ns"
+    if nanoseconds < 1_000_000:
+        return _decimal_units(nanoseconds, 1_000) + "us"
+    if nanoseconds < 1_000_000_000:
+        return _decimal_units(nanoseconds, 1_000_000) + "ms"
+    hours, rest = divmod(nanoseconds, _NANOSECONDS_PER_UNIT["h"])
+    minutes, rest = divmod(rest, _NANOSECONDS_PER_UNIT["m"])
+    parts = [f"{hours}h"] if hours else []
+    if minutes:
+        parts.append(f"{minutes}m")
+    if rest or not parts:
+        parts.append(_decimal_units(rest, _NANOSECONDS_PER_UNIT["s"]) + "s")
+    return "".join(parts)
+
+
+def _decimal_units(value: int, unit: int) -> str:
+    whole, fraction = divmod(value, unit)
+    if not fraction:
+        return str(whole)
+    digits = str(fraction).rjust(len(str(unit)) - 1, "0").rstrip("0")
+    return f"{whole}.{digits}"
+
+
+def _duration_from_text(value: object) -> object:
+    return parse_duration(value) if isinstance(value, str) else value
+
+
+_PARSE_DURATION = BeforeValidator(_duration_from_text)
+Duration = Annotated[float, _PARSE_DURATION, Field(gt=0, allow_inf_nan=False)]
+
+
+# --- addresses (shared with exporter.targets) ----------------------------------------------------
+
+_HOSTNAME_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def check_host(host: str) -> str:
+    """Return `host` if it is an IPv4/IPv6 literal (no brackets, no zone) or an RFC 1123 hostname.
+
+    Hostnames: dot-separated labels of letters, digits and `-` (not at either end of a label),
+    each at most 63 characters, at most 253 in all, no trailing dot, and a last label that is not
+    all digits (that would be a malformed IPv4 address). Raises ValueError saying why not.
+    """
+    if not host:
+        raise ValueError("missing host")
+    if "%" in host:
+        raise ValueError(f"invalid host {quoted(host)}: IPv6 zone ids are not supported")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return host
+    if host.startswith("["):
+        raise ValueError(f"invalid host {quoted(host)}: write IPv6 addresses without brackets here")
+    if ":" in host:
+        raise ValueError(f"invalid host {quoted(host)}: not an IPv6 address")
+    if len(host) > 253:
+        raise ValueError(f"invalid host {quoted(host)}: hostname longer than 253 characters")
+    labels = host.split(".")
+    for label in labels:
+        if not label:
+            raise ValueError(f"invalid host {quoted(host)}: empty label (check the dots)")
+        if len(label) > 63:
+            raise ValueError(f"invalid host {quoted(host)}: label longer than 63 characters")
+        if not _HOSTNAME_LABEL.fullmatch(label):
+            raise ValueError(
+                f"invalid host {quoted(host)}: label {quoted(label)} must be letters, digits"
+                " and '-', not starting or ending with '-'"
+            )
+    if labels[-1].isdigit():
+        raise ValueError(f"invalid host {quoted(host)}: not a valid IPv4 address or hostname")
+    return host
+
+
+def split_host_port(text: str) -> tuple[str, str]:
+    """Split `host:port` or `[ipv6]:port` into host (brackets removed; may be "") and port text.
+
+    Only the shape is checked here (callers check the host and the port range). Raises
+    ValueError for a missing port, an IPv6 address outside brackets, or brackets around a
+    non-IPv6 host.
+    """
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket:
+            raise ValueError("missing ']'")
+        if not rest.startswith(":"):
+            raise ValueError("expected ':port' after ']'")
+        try:
+            is_ipv6 = isinstance(ipaddress.ip_address(host), ipaddress.IPv6Address)
+        except ValueError:
+            is_ipv6 = False
+        if not is_ipv6:
+            raise ValueError(f"only IPv6 addresses go in brackets, got {quoted(host)}")
+        return host, rest[1:]
+    host, colon, port = text.partition(":")
+    if not colon:
+        raise ValueError("missing ':port'")
+    if ":" in port:
+        raise ValueError("put IPv6 addresses in brackets, e.g. [fd00::2]:8080")
+    return host, port
+
+
+def parse_port(text: str, minimum: int = 1) -> int:
+    """A decimal port number in `minimum`..65535 with no sign and no leading zero."""
+    if not text:
+        raise ValueError("missing port")
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(f"port {quoted(text)} is not a number")
+    if len(text) > 1 and text.startswith("0"):
+        raise ValueError(f"port {quoted(text)} has a leading zero")
+    port = int(text)
+    check_port_range(port, minimum)
+    return port
+
+
+def check_port_range(port: int, minimum: int = 1) -> None:
+    if not minimum <= port <= 65535:
+        raise ValueError(f"port {port} out of range {minimum}-65535")
+
+
+# --- settings ------------------------------------------------------------------------------------
+
+# A mapping that replaces os.environ while load_settings() builds a Settings (see below).
+_environ_override: ContextVar[Mapping[str, str] | None] = ContextVar(
+    "_environ_override", default=None
+)
+
+
+class _MappingEnvSettingsSource(EnvSettingsSource):
+    """The environment source, reading a given mapping instead of os.environ."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ  # read by _load_env_vars(), which the base __init__ calls
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(
+            self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str
+        )
+
+
+class Settings(BaseSettings):
+    """Everything configurable, from `HEALTHCHECK_<FIELD>` variables (names case-insensitive).
+
+    Empty variables count as unset. Build it with `load_settings()`, which also rejects unknown
+    `HEALTHCHECK_*` variables and reports errors as `ConfigError`.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, case_sensitive=False, env_ignore_empty=True, extra="forbid"
+    )
+
+    enabled: bool = Field(default=True, description="Run health checks at all (true/false).")
+    interval: Duration = Field(default=15.0, description="Time between two checks of one target.")
+    timeout: Duration = Field(default=5.0, description="Timeout of one check.")
+    fall: int = Field(
+        default=3, ge=1, description="Consecutive failures that mark a target unhealthy."
+    )
+    rise: int = Field(
+        default=2, ge=1, description="Consecutive successes that mark a target healthy."
+    )
+    max_concurrent: int = Field(
+        default=100, ge=1, le=100_000, description="Checks in flight at once, over all targets."
+    )
+    listen_address: str = Field(
+        default="0.0.0.0:9898",
+        description="HTTP listen address: host:port, :port (all interfaces) or [ipv6]:port;"
+        " port 0 picks a free port.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Log level: debug, info, warning or error."
+    )
+    log_format: Literal["logfmt", "json"] = Field(
+        default="logfmt", description="Log line format: logfmt or json."
+    )
+    targets: str | None = Field(
+        default=None,
+        description="Targets inline: 'app=host:port[/path]' entries separated by commas or"
+        " spaces, or a JSON list of objects.",
+    )
+    targets_file: Path | None = Field(
+        default=None,
+        description="JSON or YAML file with the targets (list of objects or Prometheus file_sd"
+        " groups), reloaded on change.",
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Keyword arguments and the environment only: no .env file or secrets directory.
+        environ = _environ_override.get()
+        if environ is not None:
+            env_settings = _MappingEnvSettingsSource(settings_cls, environ)
+        return init_settings, env_settings
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lowercase(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("listen_address")
+    @classmethod
+    def _check_listen_address(cls, value: str) -> str:
+        address = value.strip()
+        try:
+            _parse_listen_address(address)
+        except ValueError as exc:
+            raise ValueError(f"invalid address {quoted(value)}: {exc}") from None
+        return address
+
+    @model_validator(mode="after")
+    def _check_one_target_source(self) -> Settings:
+        if self.targets is not None and self.targets_file is not None:
+            raise ValueError(f"set only one of {ENV_PREFIX}TARGETS and {ENV_PREFIX}TARGETS_FILE")
+        return self
+
+    @property
+    def listen_host(self) -> str | None:
+        """Host to bind; None for `:port`, which asyncio and aiohttp bind on all interfaces."""
+        return _parse_listen_address(self.listen_address)[0]
+
+    @property
+    def listen_port(self) -> int:
+        """Port to bind; 0 lets the OS pick a free one."""
+        return _parse_listen_address(self.listen_address)[1]
+
+    def monitor_config(self) -> Config:
+        return Config(
+            enabled=self.enabled,
+            interval=self.interval,
+            fall=self.fall,
+            rise=self.rise,
+            timeout=self.timeout,
+            max_concurrent=self.max_concurrent,
+        )
+
+
+def _parse_listen_address(address: str) -> tuple[str | None, int]:
+    host, port = split_host_port(address)
+    return (check_host(host) if host else None), parse_port(port, minimum=0)
+
+
+def _variable_name(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+class EnvVariable(NamedTuple):
+    """One `HEALTHCHECK_*` variable for --help and the README; `default` None means unset."""
+
+    name: str
+    default: str | None
+    description: str
+
+
+def environment_variables() -> list[EnvVariable]:
+    """Every variable `Settings` reads, in field order, with its default as it would be written."""
+    variables = []
+    for field_name, field in Settings.model_fields.items():
+        default: Any = field.default
+        if default is None:
+            text = None
+        elif isinstance(default, bool):
+            text = str(default).lower()
+        elif _PARSE_DURATION in field.metadata:
+            text = format_duration(default)
+        else:
+            text = str(default)
+        variables.append(EnvVariable(_variable_name(field_name), text, field.description or ""))
+    return variables
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from `environ` (default: os.environ) and nothing else; raises ConfigError."""
+    if environ is None:
+        environ = os.environ
+    _check_variable_names(environ)
+    token = _environ_override.set(environ)
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigError("; ".join(_describe_error(error) for error in exc.errors())) from None
+    finally:
+        _environ_override.reset(token)
+
+
+def _check_variable_names(environ: Mapping[str, str]) -> None:
+    known = [name.upper() for name in Settings.model_fields]
+    seen: dict[str, str] = {}
+    for key in environ:
+        upper = key.upper()
+        if not upper.startswith(ENV_PREFIX):
+            continue
+        suffix = upper.removeprefix(ENV_PREFIX)
+        if suffix not in known:
+            close = difflib.get_close_matches(suffix, known, n=1)
+            hint = (
+                f"did you mean {ENV_PREFIX}{close[0]}?"
+                if close
+                else "known: " + ", ".join(ENV_PREFIX + name for name in known)
+            )
+            raise ConfigError(f"{key}: unknown variable ({hint})")
+        if upper in seen:
+            raise ConfigError(f"{key}: set twice with different case (also as {seen[upper]})")
+        seen[upper] = key
+
+
+def _describe_error(error: ErrorDetails) -> str:
+    """One pydantic error as `HEALTHCHECK_X: what is wrong (got 'value')`."""
+    context = error.get("ctx", {})
+    match error["type"]:
+        case "value_error":  # our validators' messages already quote the value
+            reason = str(context["error"])
+        case "greater_than_equal":
+            reason = f"must be at least {context['ge']}"
+        case "less_than_equal":
+            reason = f"must be at most {context['le']}"
+        case "greater_than":
+            reason = f"must be greater than {context['gt']}"
+        case "int_parsing" | "int_from_float":
+            reason = "must be a whole number"
+        case "float_parsing" | "finite_number":
+            reason = "must be a finite number"
+        case "bool_parsing":
+            reason = "must be a boolean (true/false, yes/no, on/off, 1/0)"
+        case "literal_error":
+            reason = f"must be one of {context['expected']}"
+        case _:
+            reason = error["msg"]
+    if error["type"] != "value_error":
+        reason += f" (got {quoted(error['input'])})"
+    location = error["loc"]
+    return f"{_variable_name(str(location[0]))}: {reason}" if location else reason

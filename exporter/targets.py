@@ -1,0 +1,408 @@
+"""Targets to check, from `HEALTHCHECK_TARGETS` or a JSON/YAML file, and their providers.
+
+Every field is validated before a `Target` exists. `app` and `id` end up in HAProxy config files,
+so they are limited to `[A-Za-z0-9._:-]`; paths end up in HTTP request lines, so they are limited
+to printable ASCII without spaces. Errors are `ConfigError`s naming the source and the entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import yaml
+
+from exporter.model import Target
+from exporter.settings import (
+    ConfigError,
+    check_host,
+    check_port_range,
+    parse_port,
+    quoted,
+    split_host_port,
+)
+
+DEFAULT_HEALTH_CHECK_PATH = "/health"
+
+_NAME = re.compile(r"[A-Za-z0-9._:-]{1,253}")
+_PATH_MAX_LENGTH = 1024
+_PATH = re.compile(r"/[\x21-\x7e]*")
+_OBJECT_KEYS = ("app", "id", "ip", "path", "port")
+_GROUP_KEYS = ("labels", "targets")
+_COMPACT_SEPARATORS = re.compile(r"[\s,]+")
+
+
+# --- fields --------------------------------------------------------------------------------------
+
+
+def _type_name(value: object) -> str:
+    match value:
+        case None:
+            return "null"
+        case bool():
+            return "a boolean"
+        case int() | float():
+            return "a number"
+        case str():
+            return "a string"
+        case list():
+            return "a list"
+        case dict():
+            return "an object"
+    return type(value).__name__
+
+
+def _check_name(key: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{key} must be a string, got {_type_name(value)}")
+    if not _NAME.fullmatch(value):
+        raise ValueError(
+            f"{key} {quoted(value)} must be 1-253 characters of letters, digits, '.', '_', ':', '-'"
+        )
+    return value
+
+
+def _check_ip(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"ip must be a string, got {_type_name(value)}")
+    return check_host(value)
+
+
+def _check_port(value: object) -> str:
+    """The port as a decimal string; JSON/YAML may give an int or a string of digits."""
+    if isinstance(value, str):
+        return str(parse_port(value))
+    if isinstance(value, int) and not isinstance(value, bool):
+        check_port_range(value)
+        return str(value)
+    raise ValueError(f"port must be a number or a string of digits, got {_type_name(value)}")
+
+
+def _check_path(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"path must be a string, got {_type_name(value)}")
+    if not value.startswith("/"):
+        raise ValueError(f"path {quoted(value)} must start with '/'")
+    if len(value) > _PATH_MAX_LENGTH:
+        raise ValueError(f"path longer than {_PATH_MAX_LENGTH} characters")
+    if not _PATH.fullmatch(value):
+        raise ValueError(f"path {quoted(value)} may only contain printable ASCII without spaces")
+    return value
+
+
+def _build_target(
+    app: object, ip: object, port: object, path: object, target_id: object = None
+) -> Target:
+    """A Target from unchecked values; `target_id` None means the default `app-ip-port`."""
+    app = _check_name("app", app)
+    ip = _check_ip(ip)
+    port = _check_port(port)
+    path = _check_path(path)
+    if target_id is None:
+        # Its characters are valid already (app, an IP or hostname, digits); only length is left.
+        target_id = f"{app}-{ip}-{port}"
+        if len(target_id) > 253:
+            raise ValueError(f"default id {quoted(target_id)} is over 253 characters; set 'id'")
+    else:
+        target_id = _check_name("id", target_id)
+    return Target(id=target_id, app_name=app, ip=ip, port=port, health_check_path=path)
+
+
+# --- parsing -------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _located(source: str, location: str) -> Iterator[None]:
+    """Turn a ValueError raised inside into a ConfigError naming the source and the entry."""
+    try:
+        yield
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {location}: {exc}") from None
+
+
+def _unique(located: list[tuple[str, Target]], source: str) -> list[Target]:
+    """The targets in order, after checking no id is used twice."""
+    first_location: dict[str, str] = {}
+    for location, target in located:
+        if target.id in first_location:
+            raise ConfigError(
+                f"{source}: {location}: duplicate id {quoted(target.id)}"
+                f" (also {first_location[target.id]})"
+            )
+        first_location[target.id] = location
+    return [target for _, target in located]
+
+
+def _parse_compact_entry(entry: str) -> Target:
+    """`app=host:port[/path]`, the host an IPv4 address, a hostname or `[ipv6]`."""
+    app, equals, address = entry.partition("=")
+    if not equals:
+        raise ValueError("expected app=host:port[/path]")
+    host_port, slash, path = address.partition("/")
+    host, port = split_host_port(host_port)
+    return _build_target(app, host, port, slash + path if slash else DEFAULT_HEALTH_CHECK_PATH)
+
+
+def parse_targets_env(text: str, source: str = "HEALTHCHECK_TARGETS") -> list[Target]:
+    """Targets from the variable's text: a JSON list (if it starts with `[`) or compact entries.
+
+    Compact: `app=host:port[/path]` entries separated by commas and/or whitespace, e.g.
+    `web=10.0.0.5:8080/healthz, web=[fd00::2]:8080 api=backend.internal:9000/ping?full=1`.
+    JSON: the shapes `parse_targets_document` accepts. Empty text gives no targets.
+    """
+    if text.strip().startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{source}: {_json_error(exc)}") from None
+        return parse_targets_document(data, source)
+    located: list[tuple[str, Target]] = []
+    entries = [entry for entry in _COMPACT_SEPARATORS.split(text) if entry]
+    for index, entry in enumerate(entries, 1):
+        location = f"entry {index} {quoted(entry)}"
+        with _located(source, location):
+            located.append((location, _parse_compact_entry(entry)))
+    return _unique(located, source)
+
+
+def _check_keys(entry: dict[object, object], allowed: tuple[str, ...]) -> None:
+    for key in entry:
+        if key not in allowed:
+            raise ValueError(f"unknown key {quoted(key)} (expected one of: {', '.join(allowed)})")
+
+
+def _parse_object(entry: dict[object, object]) -> Target:
+    """`{"app": ..., "ip": ..., "port": ..., "path"?: ..., "id"?: ...}`; null means default."""
+    _check_keys(entry, _OBJECT_KEYS)
+    for key in ("app", "ip", "port"):
+        if key not in entry:
+            raise ValueError(f"missing required key {quoted(key)}")
+    path = entry.get("path")
+    return _build_target(
+        entry["app"],
+        entry["ip"],
+        entry["port"],
+        DEFAULT_HEALTH_CHECK_PATH if path is None else path,
+        entry.get("id"),
+    )
+
+
+def _group_fields(group: dict[object, object]) -> tuple[list[str], str, str, str | None]:
+    """Addresses, app, path and id of a file_sd group; labels other than those are ignored."""
+    _check_keys(group, _GROUP_KEYS)
+    addresses = group["targets"]
+    if not isinstance(addresses, list) or not all(isinstance(item, str) for item in addresses):
+        raise ValueError("'targets' must be a list of 'host:port' strings")
+    labels = group.get("labels")
+    if not isinstance(labels, dict) or "app" not in labels:
+        raise ValueError("missing label 'app' (file_sd groups need labels: {app: ...})")
+    app = _check_name("app", labels["app"])
+    path = labels.get("path")
+    path = DEFAULT_HEALTH_CHECK_PATH if path is None else _check_path(path)
+    target_id = labels.get("id")
+    if target_id is not None:
+        target_id = _check_name("id", target_id)
+        if len(addresses) != 1:
+            raise ValueError(
+                f"label 'id' needs exactly one target in the group, got {len(addresses)}"
+            )
+    return addresses, app, path, target_id
+
+
+def parse_targets_document(data: object, source: str) -> list[Target]:
+    """Targets from decoded JSON/YAML: a list of target objects or of Prometheus file_sd groups.
+
+    Objects: `{"app", "ip", "port", "path"?, "id"?}`. file_sd groups:
+    `{"targets": ["host:port", ...], "labels": {"app": ..., "path"?: ..., "id"?: ...}}`, `id`
+    only in a group of one target. All entries must have the same shape; `[]` is no targets.
+    """
+    if not isinstance(data, list):
+        raise ConfigError(f"{source}: top level must be a list of targets, got {_type_name(data)}")
+    located: list[tuple[str, Target]] = []
+    first_shape: str | None = None
+    for index, entry in enumerate(data, 1):
+        location = f"entry {index}"
+        with _located(source, location):
+            if not isinstance(entry, dict):
+                raise ValueError(f"expected an object, got {_type_name(entry)}")
+            shape = "a file_sd group" if "targets" in entry else "a target object"
+            first_shape = first_shape or shape
+            if shape != first_shape:
+                raise ValueError(f"is {shape} but entry 1 is {first_shape}; use one shape")
+            if shape == "a target object":
+                located.append((location, _parse_object(entry)))
+                continue
+            addresses, app, path, target_id = _group_fields(entry)
+        for number, address in enumerate(addresses, 1):
+            target_location = f"{location} target {number} {quoted(address)}"
+            with _located(source, target_location):
+                host, port = split_host_port(address)
+                located.append((target_location, _build_target(app, host, port, path, target_id)))
+    return _unique(located, source)
+
+
+def _json_error(exc: json.JSONDecodeError) -> str:
+    return f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+
+
+def _load_json(text: str) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(_json_error(exc)) from None
+
+
+def _load_yaml(text: str) -> object:
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        raise ValueError(f"invalid YAML{where}: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"invalid YAML: {exc}") from None
+
+
+def load_targets_file(path: Path) -> list[Target]:
+    """Targets from a JSON (`.json`) or YAML (`.yml`, `.yaml`) file; other names: JSON, else YAML.
+
+    Refuses an empty file: a writer that truncated it is more likely than a wish for no targets
+    (write `[]` for that).
+    """
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (bad byte at offset {exc.start})") from None
+    if not text.strip():
+        raise ConfigError(f"{path}: file is empty")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".json":
+            data = _load_json(text)
+        elif suffix in (".yml", ".yaml"):
+            data = _load_yaml(text)
+        else:
+            try:
+                data = _load_json(text)
+            except ValueError:
+                data = _load_yaml(text)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return parse_targets_document(data, str(path))
+
+
+# --- providers -----------------------------------------------------------------------------------
+
+
+class StaticTargetProvider:
+    """A fixed list of targets (seed: a `TargetProvider`), e.g. from HEALTHCHECK_TARGETS."""
+
+    def __init__(self, targets: Sequence[Target]) -> None:
+        self._targets = list(targets)
+
+    def get_health_check_targets(self) -> list[Target]:
+        return list(self._targets)
+
+
+_FileSignature = tuple[int, int, int]
+
+
+def _file_signature(path: Path) -> _FileSignature | None:
+    """(mtime_ns, size, inode) of `path`; None when it cannot be stat'ed (missing, mid-rename)."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_mtime_ns, status.st_size, status.st_ino
+
+
+class FileTargetProvider:
+    """Targets from a file, kept at the last good version while the file is broken or missing.
+
+    `reload_successes` and `last_reload_success_time` count the initial load too.
+    """
+
+    def __init__(self, path: Path, logger: logging.Logger) -> None:
+        self.path = path
+        self._logger = logger
+        self._targets: list[Target] = []
+        self._loaded_signature: _FileSignature | None = None
+        self.reload_successes = 0
+        self.reload_failures = 0
+        self.last_reload_success_time = 0.0
+        self.last_error: str | None = None
+
+    def load_initial(self) -> None:
+        """Load the file at startup; raises ConfigError if it is unreadable or invalid."""
+        self._load()
+
+    def get_health_check_targets(self) -> list[Target]:
+        return list(self._targets)
+
+    def reload(self) -> bool:
+        """Re-read the file now; True if the targets changed. A bad file keeps the old targets."""
+        previous = self._targets
+        try:
+            self._load()
+        except ConfigError as exc:
+            self.reload_failures += 1
+            self.last_error = str(exc)
+            self._logger.error(
+                "targets file invalid, keeping previous targets",
+                extra={"file": str(self.path), "error": str(exc)},
+            )
+            return False
+        changed = self._targets != previous
+        if changed:
+            self._logger.info(
+                "targets file reloaded",
+                extra={"file": str(self.path), "targets": len(self._targets)},
+            )
+        return changed
+
+    def _load(self) -> None:
+        # Stat before reading: a write that lands after the stat changes the signature, so
+        # watch() sees it on its next poll.
+        signature = _file_signature(self.path)
+        self._targets = load_targets_file(self.path)
+        self._loaded_signature = signature
+        self.reload_successes += 1
+        self.last_reload_success_time = time.time()
+        self.last_error = None
+
+    async def watch(self, on_change: Callable[[], None], poll_interval: float = 1.0) -> None:
+        """Reload when the file changes, calling `on_change` if the targets did; until cancelled.
+
+        Polls (mtime_ns, size, inode) with `os.stat`, which sees in-place edits as well as
+        replacement by rename. After a change it waits for two polls in a row to agree, so a
+        file still being written is not read half-way. A missing file is one failure per change.
+        """
+        seen = self._loaded_signature
+        while True:
+            await asyncio.sleep(poll_interval)
+            try:
+                current = _file_signature(self.path)
+                if current == seen:
+                    continue
+                while True:
+                    await asyncio.sleep(poll_interval)
+                    settled = _file_signature(self.path)
+                    if settled == current:
+                        break
+                    current = settled
+                seen = current
+                if self.reload():
+                    on_change()
+            except Exception:
+                self._logger.exception(
+                    "handling a targets file change failed", extra={"file": str(self.path)}
+                )
