@@ -1,0 +1,370 @@
+"""Scheduling and lifecycle of health checks (seed: `HealthMonitor`).
+
+The seed checks every target in a burst at each tick. Here the first round runs at once (bounded
+by the concurrency cap), then each target is checked on its own slot: a stable per-target phase
+within the interval, as Prometheus spreads scrapes. A slow or hung target only ever holds its own
+slot (and one concurrency permit, for at most the timeout), so it never delays the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import heapq
+import logging
+import math
+import time
+from collections.abc import Coroutine, Iterator
+from typing import Any, Protocol
+
+from exporter.checker import HTTPChecker
+from exporter.model import (
+    Config,
+    ConfigUpdater,
+    FailureReason,
+    Result,
+    Target,
+    TargetProvider,
+    TargetState,
+)
+from exporter.state import StateTracker, TargetChanges
+from exporter.stats import (
+    CHECK_DURATION_BUCKETS,
+    SCHEDULE_LAG_BUCKETS,
+    Histogram,
+    HistogramsByLabel,
+)
+
+OTHER = FailureReason.OTHER
+
+
+class Checker(Protocol):
+    async def check(self, target: Target) -> Result: ...
+
+
+def phase_fraction(target_id: str) -> float:
+    """A stable number in [0, 1) derived from the target id: its slot within the interval."""
+    digest = hashlib.blake2b(target_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+class HealthMonitor:
+    """Runs continuous health checks in the background on the running asyncio loop.
+
+    As in the seed: `start`/`stop` are idempotent, the first round runs at once, `stop` waits for
+    the loop to end, `force_check` runs a whole round now (a no-op when stopped). Unlike the seed,
+    the updater is called when membership, a target's address or any state changes (the seed calls
+    it on state changes only), never for an empty target set, from a worker thread, one call at a
+    time, with changes that arrive during a call coalesced into the next one.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        target_provider: TargetProvider,
+        config_updater: ConfigUpdater,
+        logger: logging.Logger | None = None,
+        *,
+        checker: Checker | None = None,
+    ) -> None:
+        self.config = config
+        self.target_provider = target_provider
+        self.config_updater = config_updater
+        self.logger = logger or logging.getLogger("exporter.monitor")
+        self.checker: Checker = checker or HTTPChecker(config.timeout)
+        self.tracker = StateTracker(config.fall, config.rise)
+        self.check_durations = HistogramsByLabel(CHECK_DURATION_BUCKETS)
+        self.schedule_lag = Histogram(SCHEDULE_LAG_BUCKETS)
+        self.checks_skipped = 0  # a slot came while the previous check of that target still ran
+        self.checks_in_flight = 0
+        self.updater_calls = {"success": 0, "failure": 0}
+        self.provider_failures = 0
+        self._running = False
+        self._ready = asyncio.Event()
+        self._dirty = asyncio.Event()
+        self._wakeup = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._in_flight: set[str] = set()
+        self._heap: list[tuple[float, int, str]] = []
+        self._due: dict[str, float] = {}  # target id -> its live slot; other heap items are stale
+        self._seq = 0
+        self._epoch = 0.0
+        self._next_sync = 0.0
+        self._scheduling = False  # the per-target schedule runs (after the first round)
+        self._semaphore: asyncio.Semaphore | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    @property
+    def ready(self) -> bool:
+        """True once the first round has completed (at once when checks are disabled)."""
+        return self._ready.is_set()
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+
+    def start(self) -> None:
+        """Begin monitoring on the running event loop; a no-op if already running."""
+        if self._running:
+            return
+        loop = asyncio.get_running_loop()
+        self._running = True
+        self._ready.clear()
+        self._semaphore = asyncio.Semaphore(max(self.config.max_concurrent, 1))
+        self._epoch = loop.time()
+        self._spawn(self._run())
+        self._spawn(self._notify_loop())
+
+    async def stop(self) -> None:
+        """Stop monitoring and wait until every task has ended; a no-op if not running."""
+        if not self._running:
+            return
+        self._running = False
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._scheduling = False
+        self._heap.clear()
+        self._due.clear()
+        self._in_flight.clear()
+        self.logger.info("health monitor stopped")
+
+    async def force_check(self) -> None:
+        """Re-read the targets and check all of them now, bypassing the schedule."""
+        if not self._running:
+            return
+        if not self.config.enabled:
+            self.refresh_targets()
+            return
+        await self._round()
+
+    def refresh_targets(self) -> None:
+        """Ask the scheduler to re-read the provider now (e.g. the targets file changed)."""
+        self._next_sync = 0.0
+        self._wakeup.set()
+
+    # -- queries (seed API) ------------------------------------------------------------------
+
+    def get_healthy_targets(self) -> list[Target]:
+        return self.tracker.get_healthy_targets()
+
+    def get_stats(self) -> tuple[int, int, int]:
+        return self.tracker.get_stats()
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _run(self) -> None:
+        cfg = self.config
+        self.logger.info(
+            "health monitor started",
+            extra={
+                "enabled": cfg.enabled,
+                "interval": cfg.interval,
+                "fall": cfg.fall,
+                "rise": cfg.rise,
+                "timeout": cfg.timeout,
+                "max_concurrent": cfg.max_concurrent,
+            },
+        )
+        if not cfg.enabled:
+            await self._run_disabled()
+            return
+        await self._round()
+        self._ready.set()
+        loop = asyncio.get_running_loop()
+        after = max(self._epoch, loop.time() - cfg.interval / 2)
+        for target_id in list(self._due):
+            self._schedule(target_id, self._next_slot(target_id, after))
+        self._scheduling = True
+        await self._schedule_loop()
+
+    async def _run_disabled(self) -> None:
+        """Checks off (as haloy's `enabled: false`): every target counts as healthy."""
+        loop = asyncio.get_running_loop()
+        while True:
+            self._sync_from_provider(loop.time())
+            self._ready.set()
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), self.config.interval)
+
+    async def _schedule_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.config.interval
+        self._next_sync = loop.time() + interval
+        heap = self._heap
+        while True:
+            now = loop.time()
+            if now >= self._next_sync:
+                self._sync_from_provider(now)
+                self._next_sync = now + interval
+            while heap and heap[0][0] <= now:
+                due, _, target_id = heapq.heappop(heap)
+                if self._due.get(target_id) != due:
+                    continue  # removed or rescheduled since it was pushed
+                entry = self.tracker.get_entry(target_id)
+                if entry is None:
+                    continue
+                # Never queue up missed slots after a stall: the next slot is in the future.
+                self._schedule(target_id, self._next_slot(target_id, max(due, now - interval / 2)))
+                if target_id in self._in_flight:
+                    self.checks_skipped += 1
+                    continue
+                self._spawn(self._scheduled_check(entry.target, due))
+            wake_at = min(heap[0][0] if heap else math.inf, self._next_sync)
+            await self._sleep_until(wake_at)
+
+    async def _sleep_until(self, when: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._wakeup.clear()
+        handle = loop.call_at(when, self._wakeup.set)
+        try:
+            await self._wakeup.wait()
+        finally:
+            handle.cancel()
+
+    def _next_slot(self, target_id: str, after: float) -> float:
+        """The first slot of the target more than half an interval after `after`."""
+        interval = self.config.interval
+        phase = phase_fraction(target_id) * interval
+        k = math.floor((after + interval / 2 - self._epoch - phase) / interval) + 1
+        return self._epoch + phase + k * interval
+
+    def _schedule(self, target_id: str, due: float) -> None:
+        self._seq += 1
+        self._due[target_id] = due
+        heapq.heappush(self._heap, (due, self._seq, target_id))
+
+    # -- targets -----------------------------------------------------------------------------
+
+    def _sync_from_provider(self, now: float) -> TargetChanges:
+        try:
+            targets = list(self.target_provider.get_health_check_targets())
+        except Exception:
+            self.provider_failures += 1
+            self.logger.exception("target provider failed, keeping the current targets")
+            return TargetChanges()
+        changes = self.tracker.apply_targets(targets)
+        if not changes:
+            return changes
+        for target in changes.removed:
+            self._due.pop(target.id, None)
+        for target in changes.added:
+            if self._scheduling:
+                self._schedule(target.id, now)  # a new target is checked at once
+            else:
+                self._due[target.id] = now  # slotted once the first round is over
+        self.check_durations.retain({t.app_name for t in targets})
+        self.logger.info(
+            "targets changed",
+            extra={
+                "added": len(changes.added),
+                "removed": len(changes.removed),
+                "updated": len(changes.updated),
+                "total": len(self.tracker),
+            },
+        )
+        self._dirty.set()
+        return changes
+
+    # -- checks ------------------------------------------------------------------------------
+
+    async def _round(self) -> None:
+        """Check every target once, at most `max_concurrent` at a time, without a task each."""
+        loop = asyncio.get_running_loop()
+        self._sync_from_provider(loop.time())
+        pending: Iterator[Target] = iter(self.tracker.get_all_targets())
+
+        async def worker() -> None:
+            for target in pending:
+                await self._checked(target)
+
+        workers = min(max(self.config.max_concurrent, 1), len(self.tracker))
+        await asyncio.gather(*(worker() for _ in range(workers)))
+
+    async def _scheduled_check(self, target: Target, due: float) -> None:
+        self._in_flight.add(target.id)
+        try:
+            await self._checked(target, due)
+        finally:
+            self._in_flight.discard(target.id)
+
+    async def _checked(self, target: Target, due: float | None = None) -> None:
+        assert self._semaphore is not None
+        async with self._semaphore:
+            if due is not None:
+                self.schedule_lag.observe(max(asyncio.get_running_loop().time() - due, 0.0))
+            self.checks_in_flight += 1
+            try:
+                result = await self.checker.check(target)
+            except Exception as err:  # a custom checker's bug must not end the loop
+                result = Result(
+                    target,
+                    False,
+                    error=f"checker error: {err!r}",
+                    reason=OTHER,
+                    checked_at=time.time(),
+                )
+            finally:
+                self.checks_in_flight -= 1
+        self._record(result)
+
+    def _record(self, result: Result) -> None:
+        if self.tracker.record_result(result):
+            self._log_transition(result)
+            self._dirty.set()
+        if result.target.id in self.tracker:
+            self.check_durations.observe(result.target.app_name, result.duration)
+
+    def _log_transition(self, result: Result) -> None:
+        entry = self.tracker.get_entry(result.target.id)
+        if entry is None:
+            return
+        target = result.target
+        fields: dict[str, object] = {
+            "target": target.id,
+            "app": target.app_name,
+            "address": target.address,
+            "from": str(TargetState(1 - entry.state)),
+            "to": str(entry.state),
+        }
+        if entry.state is TargetState.HEALTHY:
+            fields["consecutive_successes"] = entry.consecutive_successes
+            fields["duration_ms"] = round(result.duration * 1000, 3)
+            self.logger.info("target healthy", extra=fields)
+        else:
+            fields["consecutive_failures"] = entry.consecutive_failures
+            fields["reason"] = str(result.reason)
+            fields["error"] = result.error
+            fields["status_code"] = result.status_code
+            self.logger.warning("target unhealthy", extra=fields)
+
+    # -- the updater -------------------------------------------------------------------------
+
+    async def _notify_loop(self) -> None:
+        await self._ready.wait()
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            if len(self.tracker) == 0:
+                continue  # as in the seed: never for an empty target set
+            healthy = self.tracker.get_healthy_targets()
+            try:
+                await asyncio.to_thread(self.config_updater.on_health_change, healthy)
+            except Exception:
+                self.updater_calls["failure"] += 1
+                self.logger.exception("config updater failed")
+            else:
+                self.updater_calls["success"] += 1
