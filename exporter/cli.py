@@ -1,0 +1,151 @@
+"""Command line: `healthcheck-exporter [run|validate|check|demo]`, configured by environment."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping, Sequence
+
+from exporter import __version__
+from exporter.checker import HTTPChecker
+from exporter.demo import DEMO_ENV, demo_backends, print_banner
+from exporter.logs import configure_logging
+from exporter.model import Result
+from exporter.service import TargetSource, run_event_loop, serve, target_source
+from exporter.settings import ConfigError, Settings, environment_variables, load_settings
+from exporter.targets import StaticTargetProvider
+
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_CONFIG_ERROR = 0, 1, 2
+
+DESCRIPTION = """\
+Active HTTP health checker with HAProxy-style fall/rise thresholds, exporting what it sees
+to Prometheus. Configured by environment variables (prefix HEALTHCHECK_)."""
+
+COMMANDS = {
+    "run": "check the configured targets continuously and serve /metrics (the default)",
+    "validate": "check the configuration (variables and targets) without starting; exit 2 if bad",
+    "check": "check every target once now, print a table, exit 1 if any check failed",
+    "demo": "start three local backends (healthy, flapping, dead) and the exporter watching them",
+}
+
+
+def _variables_help() -> str:
+    rows = [
+        f"  {v.name}  (default: {v.default if v.default is not None else 'unset'})\n"
+        f"      {v.description}"
+        for v in environment_variables()
+    ]
+    return "environment variables:\n" + "\n".join(rows)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="healthcheck-exporter",
+        description=DESCRIPTION,
+        epilog=_variables_help()
+        + "\n\nexit status: 0 ok, 1 a check failed (`check`), 2 bad configuration",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
+    for name, text in COMMANDS.items():
+        sub.add_parser(name, help=text, description=text)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    env = os.environ if environ is None else environ
+    command = args.command or "run"
+    try:
+        if command == "demo":
+            return _demo(env)
+        settings = load_settings(env)
+        if command == "validate":
+            return _validate(settings)
+        if command == "check":
+            return _check(settings)
+        configure_logging(settings.log_level, settings.log_format)
+        source = target_source(settings)
+        return run_event_loop(lambda: _serve(settings, source))
+    except ConfigError as err:
+        print(f"healthcheck-exporter: error: {err}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+
+
+async def _serve(settings: Settings, source: TargetSource) -> int:
+    await serve(settings, source)
+    return EXIT_OK
+
+
+def _validate(settings: Settings) -> int:
+    targets = target_source(settings).provider.get_health_check_targets()
+    apps = sorted({t.app_name for t in targets})
+    cfg = settings.monitor_config()
+    print(
+        f"configuration OK: {len(targets)} targets in {len(apps)} apps ({', '.join(apps)}); "
+        f"interval {cfg.interval:g}s, fall {cfg.fall}, rise {cfg.rise}, timeout {cfg.timeout:g}s, "
+        f"checks {'enabled' if cfg.enabled else 'disabled'}, listen {settings.listen_address}"
+    )
+    return EXIT_OK
+
+
+def _check(settings: Settings) -> int:
+    targets = list(target_source(settings).provider.get_health_check_targets())
+    checker = HTTPChecker(settings.timeout)
+
+    async def round_() -> list[Result]:
+        return await checker.check_all(targets, settings.max_concurrent)
+
+    async def run() -> int:
+        results = await round_()
+        print(format_results(results))
+        return EXIT_OK if all(r.healthy for r in results) else EXIT_CHECK_FAILED
+
+    return run_event_loop(run)
+
+
+def format_results(results: Sequence[Result]) -> str:
+    """A plain table, one row per target, in the configured order."""
+    header = ("RESULT", "TARGET", "APP", "URL", "STATUS", "DURATION", "ERROR")
+    rows = [header]
+    for r in results:
+        rows.append(
+            (
+                "ok" if r.healthy else str(r.reason),
+                r.target.id,
+                r.target.app_name,
+                r.target.url,
+                str(r.status_code or "-"),
+                f"{r.duration * 1000:.1f}ms",
+                r.error or "",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1]
+        for row in rows
+    ]
+    lines.append(f"{sum(r.healthy for r in results)}/{len(results)} targets healthy")
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _demo(env: Mapping[str, str]) -> int:
+    user = {k: v for k, v in env.items() if k.upper().startswith("HEALTHCHECK_")}
+    for key in ("HEALTHCHECK_TARGETS", "HEALTHCHECK_TARGETS_FILE"):
+        user.pop(key, None)
+    settings = load_settings({**DEMO_ENV, **user})
+    configure_logging(settings.log_level, settings.log_format)
+
+    async def run() -> int:
+        async with demo_backends() as targets:
+            source = TargetSource(StaticTargetProvider(targets))
+
+            async def banner(addresses: list[str]) -> None:
+                print_banner(addresses, targets)
+
+            await serve(settings, source, on_listening=banner)
+        return EXIT_OK
+
+    return run_event_loop(run)

@@ -1,0 +1,308 @@
+"""`/metrics` content, built from the monitor's state at scrape time (a custom collector).
+
+A scrape first copies the state into a `Snapshot` on the event loop (cheap, and consistent because
+nothing else runs meanwhile), then renders it with prometheus_client's exposition functions in a
+worker thread, so a large exposition never stalls checks. Targets that are gone are simply not in
+the snapshot, so their series disappear with no bookkeeping.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import REGISTRY, Collector
+
+from exporter import __version__
+from exporter.model import TargetState
+from exporter.monitor import HealthMonitor
+from exporter.state import SUCCESS
+from exporter.stats import Histogram
+
+TARGET_LABELS = ("app", "target", "address")
+
+
+class ReloadStats(Protocol):
+    """What a re-readable target source (the targets file) reports about its reloads."""
+
+    reload_successes: int
+    reload_failures: int
+    last_reload_success_time: float
+
+
+@dataclass(frozen=True, slots=True)
+class TargetSample:
+    labels: tuple[str, str, str]  # app, target, address
+    up: int
+    consecutive_failures: int
+    consecutive_successes: int
+    last_check_time: float | None
+    last_duration: float | None
+    last_status_code: int | None
+    checks: tuple[tuple[str, int], ...]
+    transitions_to_healthy: int
+    transitions_to_unhealthy: int
+
+
+@dataclass(frozen=True, slots=True)
+class HistogramSample:
+    buckets: list[tuple[float, int]]
+    sum: float
+
+
+def _histogram_sample(hist: Histogram) -> HistogramSample:
+    return HistogramSample(hist.cumulative(), hist.sum)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    enabled: bool
+    ready: bool
+    targets: list[TargetSample]
+    stats: tuple[int, int, int]
+    check_durations: dict[str, HistogramSample]
+    schedule_lag: HistogramSample
+    checks_in_flight: int
+    checks_skipped: int
+    updater_calls: dict[str, int]
+    provider_failures: int
+    build_labels: dict[str, str]
+    file_reloads: tuple[int, int, float] | None = None
+    taken_at: float = field(default_factory=time.time)
+
+
+def take_snapshot(
+    monitor: HealthMonitor,
+    build_labels: dict[str, str],
+    reloads: ReloadStats | None = None,
+) -> Snapshot:
+    """Copy what `/metrics` shows out of the monitor. Call it on the event loop thread."""
+    samples = []
+    for entry in monitor.tracker.entries():
+        target = entry.target
+        last = entry.last_result
+        samples.append(
+            TargetSample(
+                labels=(target.app_name, target.id, target.address),
+                up=int(entry.state is TargetState.HEALTHY),
+                consecutive_failures=entry.consecutive_failures,
+                consecutive_successes=entry.consecutive_successes,
+                last_check_time=last.checked_at if last else None,
+                last_duration=last.duration if last else None,
+                last_status_code=last.status_code if last else None,
+                checks=tuple(entry.checks.items()),
+                transitions_to_healthy=entry.transitions_to_healthy,
+                transitions_to_unhealthy=entry.transitions_to_unhealthy,
+            )
+        )
+    return Snapshot(
+        enabled=monitor.config.enabled,
+        ready=monitor.ready,
+        targets=samples,
+        stats=monitor.get_stats(),
+        check_durations={
+            app: _histogram_sample(h) for app, h in monitor.check_durations.by_label.items()
+        },
+        schedule_lag=_histogram_sample(monitor.schedule_lag),
+        checks_in_flight=monitor.checks_in_flight,
+        checks_skipped=monitor.checks_skipped,
+        updater_calls=dict(monitor.updater_calls),
+        provider_failures=monitor.provider_failures,
+        build_labels=build_labels,
+        file_reloads=(
+            (reloads.reload_successes, reloads.reload_failures, reloads.last_reload_success_time)
+            if reloads is not None
+            else None
+        ),
+    )
+
+
+def build_labels(event_loop: str) -> dict[str, str]:
+    return {
+        "version": __version__,
+        "python_version": platform.python_version(),
+        "event_loop": event_loop,
+    }
+
+
+class SnapshotCollector(Collector):
+    """Yields the exporter's metric families for one snapshot. Safe to run in any thread."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._exporter_families()
+        yield from self._target_families()
+        yield from self._histograms()
+
+    def _exporter_families(self) -> Iterator[Metric]:
+        snap = self.snapshot
+        labels = snap.build_labels
+        info = GaugeMetricFamily(
+            "healthcheck_exporter_build_info",
+            "A metric with a constant '1' value labelled by version, Python version and event "
+            "loop of the exporter.",
+            labels=list(labels),
+        )
+        info.add_metric(list(labels.values()), 1)
+        yield info
+        yield GaugeMetricFamily(
+            "healthcheck_monitor_enabled",
+            "1 if health checks run, 0 if disabled (HEALTHCHECK_ENABLED=false: every target "
+            "counts as healthy).",
+            value=int(snap.enabled),
+        )
+        yield GaugeMetricFamily(
+            "healthcheck_ready",
+            "1 once the first round of checks has completed.",
+            value=int(snap.ready),
+        )
+        _, healthy, unhealthy = snap.stats
+        targets = GaugeMetricFamily(
+            "healthcheck_targets", "Targets known to the exporter, by state.", labels=["state"]
+        )
+        targets.add_metric([str(TargetState.HEALTHY)], healthy)
+        targets.add_metric([str(TargetState.UNHEALTHY)], unhealthy)
+        yield targets
+        yield GaugeMetricFamily(
+            "healthcheck_checks_in_flight", "Checks running now.", value=snap.checks_in_flight
+        )
+        yield CounterMetricFamily(
+            "healthcheck_checks_skipped",
+            "Scheduled checks skipped because the previous check of that target still ran.",
+            value=snap.checks_skipped,
+        )
+        updates = CounterMetricFamily(
+            "healthcheck_config_updates",
+            "Calls of the config updater (HAProxy writer) after health changes, by result.",
+            labels=["result"],
+        )
+        for result, count in sorted(snap.updater_calls.items()):
+            updates.add_metric([result], count)
+        yield updates
+        yield CounterMetricFamily(
+            "healthcheck_target_provider_failures",
+            "Times the target provider raised an error (the previous targets were kept).",
+            value=snap.provider_failures,
+        )
+        if snap.file_reloads is not None:
+            successes, failures, last_success = snap.file_reloads
+            reloads = CounterMetricFamily(
+                "healthcheck_targets_file_reloads",
+                "Reads of HEALTHCHECK_TARGETS_FILE, by result; on failure the previous targets "
+                "stay.",
+                labels=["result"],
+            )
+            reloads.add_metric(["success"], successes)
+            reloads.add_metric(["failure"], failures)
+            yield reloads
+            yield GaugeMetricFamily(
+                "healthcheck_targets_file_last_reload_success_timestamp_seconds",
+                "Unix time of the last successful read of HEALTHCHECK_TARGETS_FILE.",
+                value=last_success,
+            )
+
+    def _target_families(self) -> Iterator[Metric]:
+        labels = list(TARGET_LABELS)
+        up = GaugeMetricFamily(
+            "healthcheck_target_up",
+            "1 if the target is healthy (after fall/rise thresholds), 0 if unhealthy.",
+            labels=labels,
+        )
+        failures = GaugeMetricFamily(
+            "healthcheck_target_consecutive_failures",
+            "Failed checks in a row (reset by a success).",
+            labels=labels,
+        )
+        successes = GaugeMetricFamily(
+            "healthcheck_target_consecutive_successes",
+            "Successful checks in a row (reset by a failure).",
+            labels=labels,
+        )
+        last_time = GaugeMetricFamily(
+            "healthcheck_target_last_check_timestamp_seconds",
+            "Unix time the last check of the target ended (absent until its first check).",
+            labels=labels,
+        )
+        last_duration = GaugeMetricFamily(
+            "healthcheck_target_last_check_duration_seconds",
+            "Duration of the last check of the target.",
+            labels=labels,
+        )
+        last_code = GaugeMetricFamily(
+            "healthcheck_target_last_status_code",
+            "HTTP status code of the last check, 0 if no HTTP response was received.",
+            labels=labels,
+        )
+        checks = CounterMetricFamily(
+            "healthcheck_checks",
+            "Checks of the target by result: success or the failure reason (timeout, "
+            "connection_refused, connection_reset, http_status, dns, protocol_error, "
+            "network_unreachable, other).",
+            labels=[*labels, "result"],
+        )
+        transitions = CounterMetricFamily(
+            "healthcheck_state_transitions",
+            "State changes of the target, by the state it changed to.",
+            labels=[*labels, "to"],
+        )
+        for s in self.snapshot.targets:
+            lv = list(s.labels)
+            up.add_metric(lv, s.up)
+            failures.add_metric(lv, s.consecutive_failures)
+            successes.add_metric(lv, s.consecutive_successes)
+            if s.last_check_time is not None:
+                last_time.add_metric(lv, s.last_check_time)
+                last_duration.add_metric(lv, s.last_duration or 0.0)
+                last_code.add_metric(lv, s.last_status_code or 0)
+            counts = dict(s.checks)
+            counts.setdefault(SUCCESS, 0)  # always present, so rate() works from the start
+            for result, count in sorted(counts.items()):
+                checks.add_metric([*lv, result], count)
+            transitions.add_metric([*lv, str(TargetState.HEALTHY)], s.transitions_to_healthy)
+            transitions.add_metric([*lv, str(TargetState.UNHEALTHY)], s.transitions_to_unhealthy)
+        yield from (up, failures, successes, last_time, last_duration, last_code)
+        yield from (checks, transitions)
+
+    def _histograms(self) -> Iterator[Metric]:
+        snap = self.snapshot
+        durations = HistogramMetricFamily(
+            "healthcheck_check_duration_seconds",
+            "Duration of checks, by app (per-target histograms would cost a dozen series each).",
+            labels=["app"],
+        )
+        for app, hist in sorted(snap.check_durations.items()):
+            durations.add_metric([app], _buckets(hist), hist.sum)
+        yield durations
+        lag = HistogramMetricFamily(
+            "healthcheck_schedule_lag_seconds",
+            "How late scheduled checks started (actual minus planned start time).",
+        )
+        lag.add_metric([], _buckets(snap.schedule_lag), snap.schedule_lag.sum)
+        yield lag
+
+
+def _buckets(hist: HistogramSample) -> list[tuple[str, float]]:
+    return [("+Inf" if b == float("inf") else repr(b), n) for b, n in hist.buckets]
+
+
+class ScrapeRegistry(Collector):
+    """The default registry (process, platform and GC metrics) plus one snapshot's families."""
+
+    def __init__(self, snapshot: Snapshot, base: Collector = REGISTRY) -> None:
+        self.base = base
+        self.exporter = SnapshotCollector(snapshot)
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.base.collect()
+        yield from self.exporter.collect()

@@ -1,0 +1,135 @@
+"""Wires settings, target source, monitor and HTTP server into the running exporter."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from exporter.metrics import ReloadStats, build_labels, take_snapshot
+from exporter.model import ConfigUpdater, Target, TargetProvider
+from exporter.monitor import HealthMonitor
+from exporter.settings import ConfigError, Settings
+from exporter.targets import FileTargetProvider, StaticTargetProvider, parse_targets_env
+from exporter.web import make_app
+
+logger = logging.getLogger("exporter")
+
+
+class LoggingUpdater:
+    """The updater used when no proxy integration is configured: one log line per change."""
+
+    def on_health_change(self, healthy_targets: Sequence[Target]) -> None:
+        logger.info("healthy targets changed", extra={"healthy": len(healthy_targets)})
+
+
+@dataclass
+class TargetSource:
+    provider: TargetProvider
+    file: FileTargetProvider | None = None
+
+    @property
+    def reload_stats(self) -> ReloadStats | None:
+        return self.file
+
+
+def target_source(settings: Settings) -> TargetSource:
+    """The configured target source, loaded and validated (raises ConfigError)."""
+    if settings.targets is not None:
+        return TargetSource(StaticTargetProvider(parse_targets_env(settings.targets)))
+    if settings.targets_file is not None:
+        provider = FileTargetProvider(settings.targets_file, logger)
+        provider.load_initial()
+        return TargetSource(provider, provider)
+    raise ConfigError(
+        "HEALTHCHECK_TARGETS: no targets configured: set HEALTHCHECK_TARGETS or "
+        "HEALTHCHECK_TARGETS_FILE (or try `healthcheck-exporter demo`)"
+    )
+
+
+def event_loop_name() -> str:
+    loop = asyncio.get_running_loop()
+    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+
+
+async def serve(
+    settings: Settings,
+    source: TargetSource,
+    *,
+    updater: ConfigUpdater | None = None,
+    on_listening: Callable[[list[str]], Awaitable[None]] | None = None,
+) -> None:
+    """Run until SIGTERM or SIGINT, then shut down cleanly."""
+    loop = asyncio.get_running_loop()
+    monitor = HealthMonitor(
+        settings.monitor_config(), source.provider, updater or LoggingUpdater(), logger
+    )
+    labels = build_labels(event_loop_name())
+    app = make_app(monitor, lambda: take_snapshot(monitor, labels, source.reload_stats))
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    stop = asyncio.Event()
+    watch: asyncio.Task[None] | None = None
+    try:
+        site = web.TCPSite(runner, settings.listen_host, settings.listen_port)
+        await site.start()
+        addresses = [_format_address(a) for a in runner.addresses]
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        if source.file is not None:
+            watch = loop.create_task(source.file.watch(monitor.refresh_targets))
+            loop.add_signal_handler(signal.SIGHUP, _reload_on_sighup, source.file, monitor)
+        monitor.start()
+        total = len(source.provider.get_health_check_targets())
+        logger.info(
+            "listening",
+            extra={
+                "address": ",".join(addresses),
+                "targets": total,
+                "event_loop": labels["event_loop"],
+                "version": labels["version"],
+            },
+        )
+        if on_listening is not None:
+            await on_listening(addresses)
+        await stop.wait()
+        logger.info("shutting down")
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        if watch is not None:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
+        await monitor.stop()
+        await runner.cleanup()
+
+
+def _reload_on_sighup(provider: FileTargetProvider, monitor: HealthMonitor) -> None:
+    logger.info("SIGHUP: re-reading the targets file", extra={"file": str(provider.path)})
+    provider.reload()
+    monitor.refresh_targets()
+
+
+def _format_address(address: object) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(address)
+
+
+def run_event_loop(main: Callable[[], Awaitable[int]]) -> int:
+    """Run `main` on uvloop when it is installed, else on the standard asyncio loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(_as_coroutine(main))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(_as_coroutine(main))
+
+
+async def _as_coroutine(main: Callable[[], Awaitable[int]]) -> int:
+    return await main()
