@@ -23,7 +23,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import REGISTRY, Collector
 
 from exporter import __version__
-from exporter.model import TargetState
+from exporter.model import Config, TargetState
 from exporter.monitor import HealthMonitor
 from exporter.state import SUCCESS
 from exporter.stats import Histogram
@@ -65,7 +65,7 @@ def _histogram_sample(hist: Histogram) -> HistogramSample:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    enabled: bool
+    config: Config
     ready: bool
     targets: list[TargetSample]
     stats: tuple[int, int, int]
@@ -105,7 +105,7 @@ def take_snapshot(
             )
         )
     return Snapshot(
-        enabled=monitor.config.enabled,
+        config=monitor.config,
         ready=monitor.ready,
         targets=samples,
         stats=monitor.get_stats(),
@@ -160,13 +160,25 @@ class SnapshotCollector(Collector):
             "healthcheck_monitor_enabled",
             "1 if health checks run, 0 if disabled (HEALTHCHECK_ENABLED=false: every target "
             "counts as healthy).",
-            value=int(snap.enabled),
+            value=int(snap.config.enabled),
         )
         yield GaugeMetricFamily(
             "healthcheck_ready",
             "1 once the first round of checks has completed.",
             value=int(snap.ready),
         )
+        cfg = snap.config
+        for name, help_text, val in (
+            ("healthcheck_check_interval_seconds", "Configured time between two checks of one "
+             "target (HEALTHCHECK_INTERVAL).", cfg.interval),
+            ("healthcheck_check_timeout_seconds", "Configured timeout of one check "
+             "(HEALTHCHECK_TIMEOUT).", cfg.timeout),
+            ("healthcheck_fall_threshold", "Configured consecutive failures that mark a target "
+             "unhealthy (HEALTHCHECK_FALL).", cfg.fall),
+            ("healthcheck_rise_threshold", "Configured consecutive successes that mark a target "
+             "healthy (HEALTHCHECK_RISE).", cfg.rise),
+        ):  # fmt: skip
+            yield GaugeMetricFamily(name, help_text, value=val)
         _, healthy, unhealthy = snap.stats
         targets = GaugeMetricFamily(
             "healthcheck_targets", "Targets known to the exporter, by state.", labels=["state"]

@@ -5,13 +5,21 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages providing real components the tests use (command -> package).
-declare -A APT_FOR=([promtool]=prometheus)
+declare -A APT_FOR=(
+    [promtool]=prometheus
+    [prometheus]=prometheus
+    [prometheus-alertmanager]=prometheus-alertmanager
+    [haproxy]=haproxy
+)
 
 install_debian_packages() {
     local missing=() cmd sudo=""
     for cmd in "${!APT_FOR[@]}"; do
-        command -v "$cmd" >/dev/null 2>&1 || missing+=("${APT_FOR[$cmd]}")
+        # /usr/sbin is not on every user's PATH (haproxy lives there).
+        PATH="$PATH:/usr/sbin:/sbin" command -v "$cmd" >/dev/null 2>&1 || missing+=("${APT_FOR[$cmd]}")
     done
+    # A package named twice (prometheus, promtool) is installed once.
+    mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u | sed '/^$/d')
     [ ${#missing[@]} -eq 0 ] && return 0
     if [ "$(id -u)" != 0 ]; then
         command -v sudo >/dev/null 2>&1 || { echo "need root (or sudo) to apt-get install ${missing[*]}" >&2; return 1; }
