@@ -12,7 +12,13 @@ from exporter.checker import HTTPChecker
 from exporter.demo import DEMO_ENV, demo_backends, print_banner
 from exporter.logs import configure_logging
 from exporter.model import Result
-from exporter.service import TargetSource, run_event_loop, serve, target_source
+from exporter.service import (
+    TargetSource,
+    haproxy_updater,
+    run_event_loop,
+    serve,
+    target_source,
+)
 from exporter.settings import ConfigError, Settings, environment_variables, load_settings
 from exporter.targets import StaticTargetProvider
 
@@ -81,6 +87,7 @@ async def _serve(settings: Settings, source: TargetSource) -> int:
 
 def _validate(settings: Settings) -> int:
     targets = target_source(settings).provider.get_health_check_targets()
+    haproxy_updater(settings)
     apps = sorted({t.app_name for t in targets})
     cfg = settings.monitor_config()
     print(

@@ -8,6 +8,7 @@ the snapshot, so their series disappear with no bookkeeping.
 
 from __future__ import annotations
 
+import copy
 import platform
 import time
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import REGISTRY, Collector
 
 from exporter import __version__
+from exporter.haproxy.updater import HAProxyStats
 from exporter.model import Config, TargetState
 from exporter.monitor import HealthMonitor
 from exporter.state import SUCCESS
@@ -77,6 +79,7 @@ class Snapshot:
     provider_failures: int
     build_labels: dict[str, str]
     file_reloads: tuple[int, int, float] | None = None
+    haproxy: HAProxyStats | None = None
     taken_at: float = field(default_factory=time.time)
 
 
@@ -84,6 +87,7 @@ def take_snapshot(
     monitor: HealthMonitor,
     build_labels: dict[str, str],
     reloads: ReloadStats | None = None,
+    haproxy: HAProxyStats | None = None,
 ) -> Snapshot:
     """Copy what `/metrics` shows out of the monitor. Call it on the event loop thread."""
     samples = []
@@ -123,6 +127,7 @@ def take_snapshot(
             if reloads is not None
             else None
         ),
+        haproxy=copy.deepcopy(haproxy),
     )
 
 
@@ -144,6 +149,8 @@ class SnapshotCollector(Collector):
         yield from self._exporter_families()
         yield from self._target_families()
         yield from self._histograms()
+        if self.snapshot.haproxy is not None:
+            yield from _haproxy_families(self.snapshot.haproxy)
 
     def _exporter_families(self) -> Iterator[Metric]:
         snap = self.snapshot
@@ -302,6 +309,45 @@ class SnapshotCollector(Collector):
         )
         lag.add_metric([], _buckets(snap.schedule_lag), snap.schedule_lag.sum)
         yield lag
+
+
+def _counter_by_result(name: str, help_text: str, counts: dict[str, int]) -> Metric:
+    family = CounterMetricFamily(name, help_text, labels=["result"])
+    for result, count in sorted(counts.items()):
+        family.add_metric([result], count)
+    return family
+
+
+def _haproxy_families(stats: HAProxyStats) -> Iterator[Metric]:
+    yield _counter_by_result(
+        "healthcheck_haproxy_config_writes",
+        "Attempts to update the HAProxy config file: success (written), unchanged (same "
+        "content, nothing written), failure (render, check or write failed; last good file kept).",
+        stats.writes,
+    )
+    yield CounterMetricFamily(
+        "healthcheck_haproxy_config_check_failures",
+        "Candidate configs rejected by HEALTHCHECK_HAPROXY_CHECK_COMMAND.",
+        value=stats.check_failures,
+    )
+    yield _counter_by_result(
+        "healthcheck_haproxy_reloads", "HAProxy reloads, by result.", stats.reloads
+    )
+    yield _counter_by_result(
+        "healthcheck_haproxy_runtime_commands",
+        "Commands sent to the HAProxy Runtime API (reload mode runtime-api), by result.",
+        stats.runtime_commands,
+    )
+    yield GaugeMetricFamily(
+        "healthcheck_haproxy_last_reload_success_timestamp_seconds",
+        "Unix time of the last successful HAProxy reload (0: none yet).",
+        value=stats.last_reload_success,
+    )
+    yield GaugeMetricFamily(
+        "healthcheck_haproxy_last_config_change_timestamp_seconds",
+        "Unix time the HAProxy config file was last changed by the exporter (0: not yet).",
+        value=stats.last_config_change,
+    )
 
 
 def _buckets(hist: HistogramSample) -> list[tuple[str, float]]:

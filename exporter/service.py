@@ -8,8 +8,10 @@ import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+import jinja2
 from aiohttp import web
 
+from exporter.haproxy.updater import HAProxyOptions, HAProxyUpdater
 from exporter.metrics import ReloadStats, build_labels, take_snapshot
 from exporter.model import ConfigUpdater, Target, TargetProvider
 from exporter.monitor import HealthMonitor
@@ -51,6 +53,37 @@ def target_source(settings: Settings) -> TargetSource:
     )
 
 
+def haproxy_updater(settings: Settings) -> HAProxyUpdater | None:
+    """The HAProxy writer if HEALTHCHECK_HAPROXY_CONFIG is set; raises ConfigError if unusable."""
+    if settings.haproxy_config is None:
+        return None
+    path = settings.haproxy_config
+    if not path.parent.is_dir():
+        raise ConfigError(f"HEALTHCHECK_HAPROXY_CONFIG: directory {path.parent} does not exist")
+    if path.is_dir():
+        raise ConfigError(f"HEALTHCHECK_HAPROXY_CONFIG: {path} is a directory, not a file")
+    options = HAProxyOptions(
+        config=path,
+        template=settings.haproxy_template,
+        backend_prefix=settings.haproxy_backend_prefix,
+        server_options=settings.haproxy_server_options,
+        check_command=settings.haproxy_check_command,
+        reload=settings.haproxy_reload,
+        pidfile=settings.haproxy_pidfile,
+        master_socket=settings.haproxy_master_socket,
+        reload_command=settings.haproxy_reload_command,
+        reload_timeout=settings.haproxy_reload_timeout,
+        min_reload_interval=settings.haproxy_min_reload_interval,
+    )
+    try:
+        return HAProxyUpdater(options, logger)
+    except jinja2.TemplateError as err:
+        where = f"{settings.haproxy_template}"
+        if isinstance(err, jinja2.TemplateSyntaxError):
+            where += f" line {err.lineno}"
+        raise ConfigError(f"HEALTHCHECK_HAPROXY_TEMPLATE: {where}: {err.message}") from None
+
+
 def event_loop_name() -> str:
     loop = asyncio.get_running_loop()
     return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
@@ -65,11 +98,16 @@ async def serve(
 ) -> None:
     """Run until SIGTERM or SIGINT, then shut down cleanly."""
     loop = asyncio.get_running_loop()
+    haproxy = haproxy_updater(settings) if updater is None else None
     monitor = HealthMonitor(
-        settings.monitor_config(), source.provider, updater or LoggingUpdater(), logger
+        settings.monitor_config(), source.provider, updater or haproxy or LoggingUpdater(), logger
     )
+    if haproxy is not None:
+        haproxy.track(lambda: [(e.target, e.state) for e in monitor.tracker.entries()])
+        await haproxy.start()
     labels = build_labels(event_loop_name())
-    app = make_app(monitor, lambda: take_snapshot(monitor, labels, source.reload_stats))
+    stats = haproxy.stats if haproxy is not None else None
+    app = make_app(monitor, lambda: take_snapshot(monitor, labels, source.reload_stats, stats))
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.5)
     await runner.setup()
     stop = asyncio.Event()
@@ -105,6 +143,8 @@ async def serve(
             watch.cancel()
             await asyncio.gather(watch, return_exceptions=True)
         await monitor.stop()
+        if haproxy is not None:
+            await haproxy.stop()
         await runner.cleanup()
 
 

@@ -302,6 +302,62 @@ class Settings(BaseSettings):
         " groups), reloaded on change.",
     )
 
+    haproxy_config: Path | None = Field(
+        default=None,
+        description="HAProxy config fragment to keep in step with health (one backend per app);"
+        " unset: no HAProxy integration.",
+    )
+    haproxy_template: Path | None = Field(
+        default=None,
+        description="Jinja2 template for that file, instead of the built-in format.",
+    )
+    haproxy_backend_prefix: str = Field(
+        default="", description="Prefix of the backend names (backend = prefix + app)."
+    )
+    haproxy_server_options: str = Field(
+        default="",
+        description="Options appended to every server line of the built-in format,"
+        " e.g. 'maxconn 100'.",
+    )
+    haproxy_check_command: str | None = Field(
+        default=None,
+        description="Command that validates a candidate file before it goes live; {file} is"
+        " replaced by its path, e.g. 'haproxy -c -f /etc/haproxy/haproxy.cfg -f {file}'.",
+    )
+    haproxy_reload: Literal["none", "signal", "master-socket", "command", "runtime-api"] = Field(
+        default="none",
+        description="How HAProxy learns of a new file: none, signal (SIGUSR2 to the master),"
+        " master-socket (reload on the master CLI), command, or runtime-api (no reload).",
+    )
+    haproxy_pidfile: Path | None = Field(
+        default=None, description="HAProxy master pid file (reload mode signal)."
+    )
+    haproxy_master_socket: Path | None = Field(
+        default=None,
+        description="HAProxy master CLI socket, haproxy -S (reload mode master-socket).",
+    )
+    haproxy_reload_command: str | None = Field(
+        default=None,
+        description="Command that reloads HAProxy (reload mode command), e.g."
+        " 'docker kill -s USR2 haproxy'.",
+    )
+    haproxy_reload_timeout: Duration = Field(
+        default=10.0, description="Time a reload (or check command) may take."
+    )
+    haproxy_min_reload_interval: Duration = Field(
+        default=1.0,
+        description="At most one reload per this interval; changes in between are coalesced.",
+    )
+    haproxy_runtime_socket: Path | None = Field(
+        default=None,
+        description="HAProxy stats socket with level admin (reload mode runtime-api).",
+    )
+    haproxy_unhealthy_state: Literal["maint", "drain"] = Field(
+        default="maint",
+        description="Runtime API state for an unhealthy server: maint (no traffic) or drain"
+        " (existing sessions only).",
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -336,6 +392,49 @@ class Settings(BaseSettings):
     def _check_one_target_source(self) -> Settings:
         if self.targets is not None and self.targets_file is not None:
             raise ValueError(f"set only one of {ENV_PREFIX}TARGETS and {ENV_PREFIX}TARGETS_FILE")
+        return self
+
+    @field_validator("haproxy_backend_prefix", "haproxy_server_options")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        # Both are pasted into the generated config: a line break would inject configuration.
+        if not value.isprintable():
+            raise ValueError(f"must be printable text on one line (got {quoted(value)})")
+        return value.strip()
+
+    @field_validator("haproxy_backend_prefix")
+    @classmethod
+    def _name_characters(cls, value: str) -> str:
+        if value and not re.fullmatch(r"[A-Za-z0-9._:-]+", value):
+            raise ValueError(f"may only contain A-Z a-z 0-9 . _ : - (got {quoted(value)})")
+        return value
+
+    @model_validator(mode="after")
+    def _check_haproxy(self) -> Settings:
+        needs = {
+            "signal": ("haproxy_pidfile", self.haproxy_pidfile),
+            "master-socket": ("haproxy_master_socket", self.haproxy_master_socket),
+            "command": ("haproxy_reload_command", self.haproxy_reload_command),
+            "runtime-api": ("haproxy_runtime_socket", self.haproxy_runtime_socket),
+        }
+        if self.haproxy_config is None:
+            fields = type(self).model_fields
+            extra = [  # set to something other than its default: it would silently do nothing
+                name
+                for name in fields
+                if name.startswith("haproxy_")
+                and name != "haproxy_config"
+                and getattr(self, name) != fields[name].default
+            ]
+            if extra:
+                needed = f"{ENV_PREFIX}HAPROXY_CONFIG (the file to write)"
+                raise ValueError(f"{_variable_name(extra[0])}: needs {needed}")
+            return self
+        if self.haproxy_reload in needs:
+            field, value = needs[self.haproxy_reload]
+            if value is None:
+                mode = f"{ENV_PREFIX}HAPROXY_RELOAD: {self.haproxy_reload}"
+                raise ValueError(f"{mode} needs {_variable_name(field)}")
         return self
 
     @property

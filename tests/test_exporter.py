@@ -314,6 +314,56 @@ async def test_targets_file_reload_on_change_and_sighup(tmp_path: Path):
             "adress",
         ),
         ({}, "HEALTHCHECK_TARGETS", "no targets"),
+        (
+            {"HEALTHCHECK_HAPROXY_RELOAD": "signal"},
+            "HEALTHCHECK_HAPROXY_RELOAD",
+            "HEALTHCHECK_HAPROXY_CONFIG",
+        ),
+        (
+            {
+                "HEALTHCHECK_HAPROXY_CONFIG": "/tmp/backends.cfg",
+                "HEALTHCHECK_HAPROXY_RELOAD": "master-socket",
+            },
+            "HEALTHCHECK_HAPROXY_RELOAD",
+            "HEALTHCHECK_HAPROXY_MASTER_SOCKET",
+        ),
+        (
+            {
+                "HEALTHCHECK_HAPROXY_CONFIG": "/tmp/backends.cfg",
+                "HEALTHCHECK_HAPROXY_RELOAD": "restart",
+            },
+            "HEALTHCHECK_HAPROXY_RELOAD",
+            "restart",
+        ),
+        (
+            {
+                "HEALTHCHECK_HAPROXY_CONFIG": "/tmp/backends.cfg",
+                "HEALTHCHECK_HAPROXY_SERVER_OPTIONS": "check\nbackend evil",
+            },
+            "HEALTHCHECK_HAPROXY_SERVER_OPTIONS",
+            "one line",
+        ),
+        (
+            {
+                "HEALTHCHECK_HAPROXY_CONFIG": "/tmp/backends.cfg",
+                "HEALTHCHECK_HAPROXY_BACKEND_PREFIX": "be web",
+            },
+            "HEALTHCHECK_HAPROXY_BACKEND_PREFIX",
+            "be web",
+        ),
+        (
+            {"HEALTHCHECK_HAPROXY_CONFIG": "/no/such/dir/backends.cfg"},
+            "HEALTHCHECK_HAPROXY_CONFIG",
+            "/no/such/dir",
+        ),
+        (
+            {
+                "HEALTHCHECK_HAPROXY_CONFIG": "/tmp/backends.cfg",
+                "HEALTHCHECK_HAPROXY_MIN_RELOAD_INTERVAL": "0s",
+            },
+            "HEALTHCHECK_HAPROXY_MIN_RELOAD_INTERVAL",
+            "0s",
+        ),
     ],
 )
 async def test_bad_configuration_exits_2_naming_the_variable(
@@ -328,6 +378,20 @@ async def test_bad_configuration_exits_2_naming_the_variable(
         lines = err.strip().splitlines()
         assert len(lines) == 1, err
         assert variable in lines[0] and words in lines[0], lines[0]
+
+
+async def test_bad_template_names_the_variable_and_line(tmp_path: Path):
+    template = tmp_path / "backends.j2"
+    template.write_text("{% for b in backends %}\nbackend {{ b.name }\n{% endfor %}\n")
+    env = {
+        "HEALTHCHECK_TARGETS": "web=127.0.0.1:8080",
+        "HEALTHCHECK_HAPROXY_CONFIG": str(tmp_path / "backends.cfg"),
+        "HEALTHCHECK_HAPROXY_TEMPLATE": str(template),
+    }
+    code, _, err = await run_cli("validate", env=env)
+    assert code == 2
+    assert "HEALTHCHECK_HAPROXY_TEMPLATE" in err and f"{template} line 2" in err
+    assert not (tmp_path / "backends.cfg").exists()
 
 
 async def test_bad_targets_file_names_file_and_entry(tmp_path: Path):

@@ -1,0 +1,1 @@
+"""HAProxy integration: the config file writer, reloads and the Runtime API."""

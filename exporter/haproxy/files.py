@@ -1,0 +1,94 @@
+"""Atomic replacement of the config file, so HAProxy never reads a half-written one.
+
+Write a temporary file in the same directory, fsync it, rename it over the old file, fsync the
+directory: whenever the process dies, the path holds either the old or the new content. The
+temporary names end in `.tmp`, never `.cfg`, so an HAProxy that loads a whole directory
+(`-f /etc/haproxy/conf.d`) never picks one up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+TEMP_SUFFIX = ".tmp"
+DEFAULT_MODE = 0o644
+
+
+def temp_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+def write_temp(path: Path, data: bytes) -> Path:
+    """A written, fsynced sibling of `path` with the old file's mode (and owner, if we may)."""
+    try:
+        old = path.stat()
+        mode, owner = stat.S_IMODE(old.st_mode), (old.st_uid, old.st_gid)
+    except FileNotFoundError:
+        mode, owner = DEFAULT_MODE, None
+    fd, name = tempfile.mkstemp(prefix=temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fchmod(file.fileno(), mode)
+            if owner is not None and owner != (os.geteuid(), os.getegid()):
+                with contextlib.suppress(PermissionError):
+                    os.fchown(file.fileno(), *owner)
+            os.fsync(file.fileno())
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+    return Path(name)
+
+
+def install(temp: Path, path: Path) -> None:
+    """Rename `temp` over `path` and make the rename itself durable."""
+    os.replace(temp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    install(write_temp(path, data), path)
+
+
+def remove_stale_temps(path: Path) -> list[Path]:
+    """Delete temporary files a killed earlier run left beside `path`; returns them."""
+    stale = [
+        p
+        for p in path.parent.glob(temp_prefix(path) + "*" + TEMP_SUFFIX)
+        if p.is_file() and p != path
+    ]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def is_single_file_mount(path: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> bool:
+    """Whether `path` itself is a mount point (e.g. a container's single-file bind mount).
+
+    An atomic rename gives the path a new inode, which a single-file bind mount never sees: the
+    container keeps reading the old file. Mount the directory instead.
+    """
+    target = os.path.realpath(path)
+    try:
+        lines = mountinfo.read_text().splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 4 and _unescape(fields[4]) == target:
+            return True
+    return False
+
+
+def _unescape(field: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as octal (`\\040`)."""
+    return field.encode().decode("unicode_escape") if "\\" in field else field

@@ -1,0 +1,272 @@
+"""The exporter driving a real HAProxy (master-worker) in front of real backends, under load.
+
+A client sends requests through HAProxy all along. A request may fail only while a killed backend
+is still in HAProxy's rotation (between the kill and its eviction); those are counted and
+reported, every other failure fails the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.haproxy_proc import HAProxy, haproxy, haproxy_binary
+from tests.process import ExporterProcess, exporter
+from tests.servers import unused_port
+
+pytestmark = pytest.mark.skipif(
+    haproxy_binary() is None, reason="haproxy not installed (scripts/test.sh installs it)"
+)
+
+FAST = {
+    "HEALTHCHECK_INTERVAL": "100ms",
+    "HEALTHCHECK_TIMEOUT": "500ms",
+    "HEALTHCHECK_FALL": "2",
+    "HEALTHCHECK_RISE": "2",
+    "HEALTHCHECK_HAPROXY_MIN_RELOAD_INTERVAL": "100ms",
+}
+
+
+class Backend:
+    """An HTTP backend on a fixed port that can be killed (port closed) and revived."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.port = unused_port()
+        self.runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        async def hello(_: web.Request) -> web.Response:
+            return web.Response(text=self.name)
+
+        app = web.Application()
+        app.router.add_get("/", hello)
+        app.router.add_get("/health", hello)
+        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+    async def kill(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+    @property
+    def target(self) -> str:
+        return f"web=127.0.0.1:{self.port}/health"
+
+    @property
+    def server(self) -> str:
+        return f"web-127.0.0.1-{self.port}"
+
+
+@contextlib.asynccontextmanager
+async def backends(n: int = 3) -> AsyncIterator[list[Backend]]:
+    started = [Backend(f"b{i}") for i in range(n)]
+    for b in started:
+        await b.start()
+    try:
+        yield started
+    finally:
+        for b in started:
+            await b.kill()
+
+
+@dataclass
+class Request:
+    started: float
+    ended: float
+    ok: bool
+    detail: str
+
+
+@dataclass
+class Load:
+    """Sequential requests through HAProxy, a new connection each, bounded in time."""
+
+    url: str
+    results: list[Request] = field(default_factory=list)
+
+    async def run(self, stop: asyncio.Event, limit: float = 180.0) -> None:
+        timeout = aiohttp.ClientTimeout(total=2)
+        connector = aiohttp.TCPConnector(force_close=True)
+        deadline = time.monotonic() + limit
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+            while not stop.is_set() and time.monotonic() < deadline:
+                started = time.monotonic()
+                try:
+                    async with session.get(self.url) as resp:
+                        ok, detail = resp.status == 200, (await resp.text()).strip()
+                except (aiohttp.ClientError, TimeoutError) as err:
+                    ok, detail = False, repr(err)
+                self.results.append(Request(started, time.monotonic(), ok, detail))
+                await asyncio.sleep(0.002)
+
+
+@contextlib.asynccontextmanager
+async def load(url: str) -> AsyncIterator[Load]:
+    client, stop = Load(url), asyncio.Event()
+    task = asyncio.create_task(client.run(stop))
+    try:
+        yield client
+    finally:
+        stop.set()
+        await task
+
+
+@contextlib.asynccontextmanager
+async def dump_log_on_failure(proc: ExporterProcess) -> AsyncIterator[None]:
+    try:
+        yield
+    except AssertionError as err:
+        raise AssertionError(f"{err}\nexporter log:\n" + "\n".join(proc.log[-40:])) from None
+
+
+def reload_env(mode: str, hx: HAProxy) -> dict[str, str]:
+    env = {"HEALTHCHECK_HAPROXY_CONFIG": str(hx.backends_cfg), "HEALTHCHECK_HAPROXY_RELOAD": mode}
+    if mode == "signal":
+        env["HEALTHCHECK_HAPROXY_PIDFILE"] = str(hx.pidfile)
+    elif mode == "master-socket":
+        env["HEALTHCHECK_HAPROXY_MASTER_SOCKET"] = str(hx.master_socket)
+    elif mode == "command":
+        env["HEALTHCHECK_HAPROXY_RELOAD_COMMAND"] = f"sh -c 'kill -USR2 $(cat {hx.pidfile})'"
+    return env
+
+
+def unexplained_failures(
+    results: list[Request], windows: list[tuple[float, float]]
+) -> list[Request]:
+    """Failures of requests not in flight during any (kill, eviction) window."""
+    return [
+        r
+        for r in results
+        if not r.ok and not any(r.ended >= a and r.started <= b for a, b in windows)
+    ]
+
+
+@pytest.mark.parametrize("mode", ["signal", "master-socket", "command"])
+async def test_flapping_backend_under_load_fails_no_request_after_eviction(
+    tmp_path: Path, mode: str
+):
+    async with backends() as (b0, b1, b2), haproxy(tmp_path) as hx:
+        targets = ", ".join(b.target for b in (b0, b1, b2))
+        env = {**FAST, **reload_env(mode, hx), "HEALTHCHECK_TARGETS": targets}
+        async with exporter(env) as proc:
+            await hx.wait_for_servers(lambda s: len(s) == 3)
+            windows: list[tuple[float, float]] = []
+            evictions: list[float] = []
+            async with load(hx.url) as client, dump_log_on_failure(proc):
+                for _ in range(25):  # 50 state flips of b1
+                    killed = time.monotonic()
+                    await b1.kill()
+                    await hx.wait_for_servers(lambda s: b1.server not in s)
+                    evicted = time.monotonic()
+                    windows.append((killed, evicted))
+                    evictions.append(evicted - killed)
+                    await b1.start()
+                    await hx.wait_for_servers(lambda s: b1.server in s)
+                    await asyncio.sleep(0.05)
+            metrics = await proc.metrics()
+    failures = [r for r in client.results if not r.ok]
+    served = {r.detail for r in client.results if r.ok}
+    print(
+        f"\n{mode}: {len(client.results)} requests, {len(failures)} failed before eviction, "
+        f"eviction after {sum(evictions) / len(evictions):.3f}s on average"
+    )
+    assert unexplained_failures(client.results, windows) == []
+    assert served == {"b0", "b1", "b2"}
+    assert len(client.results) > 200
+    assert 'healthcheck_haproxy_reloads_total{result="failure"} 0.0' in metrics
+
+
+async def test_dead_backend_rejoins_after_rise_successes(tmp_path: Path):
+    async with backends() as (b0, b1, b2), haproxy(tmp_path) as hx:
+        targets = ", ".join(b.target for b in (b0, b1, b2))
+        env = {
+            **FAST,
+            **reload_env("master-socket", hx),
+            "HEALTHCHECK_RISE": "5",
+            "HEALTHCHECK_INTERVAL": "200ms",
+            "HEALTHCHECK_TARGETS": targets,
+        }
+        async with exporter(env) as proc:
+            await hx.wait_for_servers(lambda s: len(s) == 3)
+            await b2.kill()
+            await hx.wait_for_servers(lambda s: b2.server not in s)
+            assert b2.server not in hx.backends_cfg.read_text()
+            revived = time.monotonic()
+            await b2.start()
+            await hx.wait_for_servers(lambda s: b2.server in s)
+            rejoined = time.monotonic() - revived
+            log = "\n".join(proc.log)
+    assert rejoined >= 4 * 0.2  # five successes, 200 ms apart, at the least
+    assert "consecutive_successes=5" in log
+
+
+BAD_WHEN_PORT = """\
+{{ header }}
+{% for b in backends %}
+backend {{ b.name }}
+{% for s in b.servers %}
+    server {{ s.name }} {{ s.address }}\
+{{ " no-such-keyword" if s.target.port == "%(port)s" else "" }}
+{% endfor %}
+{% endfor %}
+"""
+
+
+@pytest.mark.parametrize("guard", ["check-command", "reload-failure"])
+async def test_config_haproxy_rejects_leaves_it_serving_the_last_good_one(
+    tmp_path: Path, guard: str
+):
+    """A template whose output HAProxy refuses once a third backend appears: with a check command
+    the file never goes live; without one the reload fails and the old workers keep serving."""
+    async with backends() as (b0, b1, b2), haproxy(tmp_path) as hx:
+        template = tmp_path / "backends.cfg.j2"
+        template.write_text(BAD_WHEN_PORT.replace("%(port)s", str(b2.port)))
+        targets_file = tmp_path / "targets.txt.yml"
+        write_targets(targets_file, [b0, b1])
+        env = {
+            **FAST,
+            **reload_env("master-socket", hx),
+            "HEALTHCHECK_HAPROXY_TEMPLATE": str(template),
+            "HEALTHCHECK_TARGETS_FILE": str(targets_file),
+        }
+        if guard == "check-command":
+            env["HEALTHCHECK_HAPROXY_CHECK_COMMAND"] = hx.check_command()
+        async with exporter(env) as proc, dump_log_on_failure(proc):
+            await hx.wait_for_servers(lambda s: len(s) == 2)
+            good = hx.backends_cfg.read_text()
+            async with load(hx.url) as client:
+                write_targets(targets_file, [b0, b1, b2])
+                counter = (
+                    "healthcheck_haproxy_config_check_failures_total 1.0"
+                    if guard == "check-command"
+                    else 'healthcheck_haproxy_reloads_total{result="failure"} 1.0'
+                )
+                await proc.wait_for_metrics(lambda m: counter in m, what=counter)
+                await asyncio.sleep(0.3)
+            error = await proc.wait_for_log("level=error")
+            servers = await hx.servers()
+    assert set(servers) == {b0.server, b1.server}
+    assert [r for r in client.results if not r.ok] == []
+    assert {r.detail for r in client.results} == {"b0", "b1"}
+    assert "no-such-keyword" in error or "rejected" in error
+    if guard == "check-command":
+        assert hx.backends_cfg.read_text() == good
+
+
+def write_targets(path: Path, items: list[Backend]) -> None:
+    """Atomically replace the targets file (YAML list of objects)."""
+    lines = [f"- {{app: web, ip: 127.0.0.1, port: {b.port}, path: /health}}" for b in items]
+    tmp = path.with_suffix(".new")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)
