@@ -74,6 +74,8 @@ def haproxy_updater(settings: Settings) -> HAProxyUpdater | None:
         reload_command=settings.haproxy_reload_command,
         reload_timeout=settings.haproxy_reload_timeout,
         min_reload_interval=settings.haproxy_min_reload_interval,
+        runtime_socket=settings.haproxy_runtime_socket,
+        unhealthy_state=settings.haproxy_unhealthy_state,
     )
     try:
         return HAProxyUpdater(options, logger)

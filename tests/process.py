@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 EXPORTER = [sys.executable, "-m", "exporter"]
 
@@ -138,3 +139,20 @@ def promtool() -> str | None:
     if path is None and os.environ.get("CI"):
         raise AssertionError("promtool is missing in CI: scripts/test.sh installs `prometheus`")
     return path
+
+
+def samples(body: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """Samples of one metric name, keyed by their sorted labels."""
+    out = {}
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            if sample.name == name:
+                out[tuple(sorted(sample.labels.items()))] = sample.value
+    return out
+
+
+def value(body: str, name: str, **labels: str) -> float | None:
+    for key, val in samples(body, name).items():
+        if all(dict(key).get(k) == v for k, v in labels.items()):
+            return val
+    return None

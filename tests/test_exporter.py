@@ -16,29 +16,11 @@ import pytest
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as parse_openmetrics,
 )
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.process import exporter, promtool, run_cli
+from tests.process import exporter, promtool, run_cli, samples, value
 from tests.servers import target_server, unused_port
 
 FAST = {"HEALTHCHECK_INTERVAL": "100ms", "HEALTHCHECK_TIMEOUT": "1s", "HEALTHCHECK_FALL": "2"}
-
-
-def samples(body: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
-    """Samples of one metric name, keyed by their sorted labels."""
-    out = {}
-    for family in text_string_to_metric_families(body):
-        for sample in family.samples:
-            if sample.name == name:
-                out[tuple(sorted(sample.labels.items()))] = sample.value
-    return out
-
-
-def value(body: str, name: str, **labels: str) -> float | None:
-    for key, val in samples(body, name).items():
-        if all(dict(key).get(k) == v for k, v in labels.items()):
-            return val
-    return None
 
 
 async def test_metrics_show_each_target_with_fall_rise_state():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 
 from tests.haproxy_proc import HAProxy, haproxy, haproxy_binary
-from tests.process import ExporterProcess, exporter
+from tests.process import ExporterProcess, exporter, value
 from tests.servers import unused_port
 
 pytestmark = pytest.mark.skipif(
@@ -138,7 +138,18 @@ def reload_env(mode: str, hx: HAProxy) -> dict[str, str]:
         env["HEALTHCHECK_HAPROXY_MASTER_SOCKET"] = str(hx.master_socket)
     elif mode == "command":
         env["HEALTHCHECK_HAPROXY_RELOAD_COMMAND"] = f"sh -c 'kill -USR2 $(cat {hx.pidfile})'"
+    elif mode == "runtime-api":
+        env["HEALTHCHECK_HAPROXY_RUNTIME_SOCKET"] = str(hx.admin_socket)
+        env["HEALTHCHECK_HAPROXY_MASTER_SOCKET"] = str(hx.master_socket)  # reload fallback
     return env
+
+
+MAINT = 0x01  # srv_admin_state flag: forced maintenance (no traffic)
+
+
+def in_rotation(servers: dict[str, int], server: str) -> bool:
+    """Whether HAProxy sends traffic to `server`: present and not in forced maintenance."""
+    return server in servers and not servers[server] & MAINT
 
 
 def unexplained_failures(
@@ -152,7 +163,7 @@ def unexplained_failures(
     ]
 
 
-@pytest.mark.parametrize("mode", ["signal", "master-socket", "command"])
+@pytest.mark.parametrize("mode", ["signal", "master-socket", "command", "runtime-api"])
 async def test_flapping_backend_under_load_fails_no_request_after_eviction(
     tmp_path: Path, mode: str
 ):
@@ -167,12 +178,12 @@ async def test_flapping_backend_under_load_fails_no_request_after_eviction(
                 for _ in range(25):  # 50 state flips of b1
                     killed = time.monotonic()
                     await b1.kill()
-                    await hx.wait_for_servers(lambda s: b1.server not in s)
+                    await hx.wait_for_servers(lambda s: not in_rotation(s, b1.server))
                     evicted = time.monotonic()
                     windows.append((killed, evicted))
                     evictions.append(evicted - killed)
                     await b1.start()
-                    await hx.wait_for_servers(lambda s: b1.server in s)
+                    await hx.wait_for_servers(lambda s: in_rotation(s, b1.server))
                     await asyncio.sleep(0.05)
             metrics = await proc.metrics()
     failures = [r for r in client.results if not r.ok]
@@ -184,7 +195,13 @@ async def test_flapping_backend_under_load_fails_no_request_after_eviction(
     assert unexplained_failures(client.results, windows) == []
     assert served == {"b0", "b1", "b2"}
     assert len(client.results) > 200
-    assert 'healthcheck_haproxy_reloads_total{result="failure"} 0.0' in metrics
+    assert value(metrics, "healthcheck_haproxy_reloads_total", result="failure") == 0
+    if mode == "runtime-api":  # every flip through the stats socket, not one reload
+        assert value(metrics, "healthcheck_haproxy_reloads_total", result="success") == 0
+        assert value(metrics, "healthcheck_haproxy_runtime_commands_total", result="success") >= 50
+        assert value(metrics, "healthcheck_haproxy_runtime_commands_total", result="failure") == 0
+    else:
+        assert value(metrics, "healthcheck_haproxy_reloads_total", result="success") >= 50
 
 
 async def test_dead_backend_rejoins_after_rise_successes(tmp_path: Path):
@@ -264,9 +281,43 @@ async def test_config_haproxy_rejects_leaves_it_serving_the_last_good_one(
         assert hx.backends_cfg.read_text() == good
 
 
-def write_targets(path: Path, items: list[Backend]) -> None:
-    """Atomically replace the targets file (YAML list of objects)."""
-    lines = [f"- {{app: web, ip: 127.0.0.1, port: {b.port}, path: /health}}" for b in items]
+def write_targets(
+    path: Path,
+    items: list[Backend],
+    extra: list[tuple[str, int]] = (),  # type: ignore[assignment]
+) -> None:
+    """Atomically replace the targets file (YAML list of objects); `extra`: (app, port) pairs."""
+    pairs = [("web", b.port) for b in items] + list(extra)
+    lines = [f"- {{app: {app}, ip: 127.0.0.1, port: {port}, path: /health}}" for app, port in pairs]
     tmp = path.with_suffix(".new")
     tmp.write_text("\n".join(lines) + "\n")
     tmp.replace(path)
+
+
+async def test_runtime_api_adds_and_deletes_servers_without_reload(tmp_path: Path):
+    async with backends() as (b0, b1, b2), haproxy(tmp_path) as hx:
+        targets_file = tmp_path / "targets.yml"
+        write_targets(targets_file, [b0, b1])
+        env = {
+            **FAST,
+            **reload_env("runtime-api", hx),
+            "HEALTHCHECK_TARGETS_FILE": str(targets_file),
+        }
+        async with exporter(env) as proc, dump_log_on_failure(proc):
+            await hx.wait_for_servers(
+                lambda s: in_rotation(s, b0.server) and in_rotation(s, b1.server)
+            )
+            write_targets(targets_file, [b0, b1, b2])
+            await hx.wait_for_servers(lambda s: in_rotation(s, b2.server))
+            write_targets(targets_file, [b0, b2])
+            await hx.wait_for_servers(lambda s: b1.server not in s)
+            metrics = await proc.metrics()
+            assert value(metrics, "healthcheck_haproxy_reloads_total", result="success") == 0
+            assert f"server {b2.server}" in hx.backends_cfg.read_text()
+            assert f"server {b1.server}" not in hx.backends_cfg.read_text()
+            # A new app needs a new backend: only a reload can add one.
+            write_targets(targets_file, [b0, b2], extra=[("api", b1.port)])
+            await hx.wait_for_servers(lambda s: len(s) == 1, backend="api")
+            metrics = await proc.metrics()
+            assert value(metrics, "healthcheck_haproxy_reloads_total", result="success") == 1
+            await proc.wait_for_log("runtime API could not apply")

@@ -14,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from exporter.haproxy import files
 from exporter.haproxy.reload import (
@@ -31,6 +32,7 @@ from exporter.haproxy.reload import (
     split_command,
 )
 from exporter.haproxy.render import Backend, TemplateRenderer, build_backends, render_default
+from exporter.haproxy.runtime import Desired, NeedsReload, RuntimeAPI, RuntimeSync, desired_servers
 from exporter.model import Target, TargetState
 
 RETRY_INITIAL = 0.5
@@ -52,6 +54,8 @@ class HAProxyOptions:
     reload_command: str | None = None
     reload_timeout: float = 10.0
     min_reload_interval: float = 1.0
+    runtime_socket: Path | None = None
+    unhealthy_state: str = "maint"
 
 
 @dataclass
@@ -69,11 +73,14 @@ class HAProxyStats:
 
 
 def make_reloader(options: HAProxyOptions) -> Reloader:
-    if options.reload == "signal" and options.pidfile is not None:
-        return SignalReloader(options.pidfile)
-    if options.reload == "master-socket" and options.master_socket is not None:
+    """The configured reload; in runtime-api mode, whichever way is configured as a fallback."""
+    mode = options.reload
+    fallback = mode == "runtime-api"
+    if (mode == "master-socket" or fallback) and options.master_socket is not None:
         return MasterSocketReloader(options.master_socket, options.reload_timeout)
-    if options.reload == "command" and options.reload_command is not None:
+    if (mode == "signal" or fallback) and options.pidfile is not None:
+        return SignalReloader(options.pidfile)
+    if (mode == "command" or fallback) and options.reload_command is not None:
         return CommandReloader(options.reload_command, options.reload_timeout)
     return NoReloader()
 
@@ -81,7 +88,9 @@ def make_reloader(options: HAProxyOptions) -> Reloader:
 def _describe(err: Exception) -> str:
     if isinstance(err, TimeoutError):
         return "timed out"
-    return str(err) if isinstance(err, ReloadError) else f"{type(err).__name__}: {err}"
+    if isinstance(err, ReloadError | NeedsReload):
+        return str(err)
+    return f"{type(err).__name__}: {err}"
 
 
 def describe_changes(old: Sequence[Backend], new: Sequence[Backend]) -> str:
@@ -122,6 +131,15 @@ class HAProxyUpdater:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reload_wanted = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self.runtime: RuntimeSync | None = None
+        if options.reload == "runtime-api" and options.runtime_socket is not None:
+            api = RuntimeAPI(
+                options.runtime_socket, options.reload_timeout, options.unhealthy_state
+            )
+            api.on_command = self._count_command
+            self.runtime = RuntimeSync(api, options.server_options)
+        self._runtime_lock = asyncio.Lock()  # runtime commands and post-reload bookkeeping
+        self._written: Desired = {}  # servers in the file as last written
 
     @property
     def include_unhealthy(self) -> bool:
@@ -144,6 +162,12 @@ class HAProxyUpdater:
                 "mount?): atomic renames give it a new inode that the other side never sees; "
                 "mount the directory instead",
                 extra={"file": str(path)},
+            )
+        if self.runtime is not None and isinstance(self.reloader, NoReloader):
+            self.logger.warning(
+                "runtime-api mode has no reload to fall back on (set HEALTHCHECK_HAPROXY_"
+                "MASTER_SOCKET, _PIDFILE or _RELOAD_COMMAND): a change the Runtime API cannot "
+                "make (a new app) reaches HAProxy only at its next reload"
             )
         try:
             self._current = path.read_text()
@@ -173,6 +197,8 @@ class HAProxyUpdater:
             self._backends = backends
             return
         if not self._install(text):
+            if self.runtime is not None:  # health must reach HAProxy even if the file cannot
+                self._on_loop(self._apply_runtime(desired_servers(backends)))
             return
         self.logger.info(
             "haproxy config written",
@@ -185,7 +211,33 @@ class HAProxyUpdater:
         self._current, self._backends = text, backends
         self.stats.writes["success"] += 1
         self.stats.last_config_change = time.time()
-        self.request_reload()
+        if self.runtime is None:
+            self.request_reload()
+            return
+        desired = desired_servers(backends)
+        self._written = desired
+        self._on_loop(self._apply_runtime(desired))
+
+    def _on_loop(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run `coro` on the event loop and wait for it (we are in the worker thread)."""
+        assert self._loop is not None
+        asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def _count_command(self, ok: bool) -> None:
+        self.stats.runtime_commands["success" if ok else "failure"] += 1
+
+    async def _apply_runtime(self, desired: Desired) -> None:
+        assert self.runtime is not None
+        async with self._runtime_lock:
+            try:
+                await self.runtime.apply(desired)
+            except (NeedsReload, ReloadError, TimeoutError, OSError) as err:
+                self.runtime.applied = None  # unknown now: read it again after the reload
+                self.logger.warning(
+                    "haproxy runtime API could not apply the change; reloading the file instead",
+                    extra={"reason": _describe(err), "mode": self.reloader.mode},
+                )
+                self.request_reload()
 
     def _render(self, backends: list[Backend]) -> str:
         if self.template is not None:
@@ -260,6 +312,9 @@ class HAProxyUpdater:
                 backoff = min(backoff * 2, RETRY_MAX)
             else:
                 backoff = RETRY_INITIAL
+                if self.runtime is not None:
+                    async with self._runtime_lock:
+                        self.runtime.reloaded(self._written)
                 self.stats.reloads["success"] += 1
                 self.stats.last_reload_success = time.time()
                 self.logger.info(
