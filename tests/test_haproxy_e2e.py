@@ -284,7 +284,7 @@ async def test_config_haproxy_rejects_leaves_it_serving_the_last_good_one(
 def write_targets(
     path: Path,
     items: list[Backend],
-    extra: list[tuple[str, int]] = (),  # type: ignore[assignment]
+    extra: Sequence[tuple[str, int]] = (),
 ) -> None:
     """Atomically replace the targets file (YAML list of objects); `extra`: (app, port) pairs."""
     pairs = [("web", b.port) for b in items] + list(extra)
