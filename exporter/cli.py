@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from exporter import __version__
 from exporter.checker import HTTPChecker
@@ -142,7 +144,15 @@ def _demo(env: Mapping[str, str]) -> int:
     user = {k: v for k, v in env.items() if k.upper().startswith("HEALTHCHECK_")}
     for key in ("HEALTHCHECK_TARGETS", "HEALTHCHECK_TARGETS_FILE"):
         user.pop(key, None)
-    settings = load_settings({**DEMO_ENV, **user})
+    with tempfile.TemporaryDirectory(prefix="healthcheck-demo-") as tmp:
+        # The demo also writes an HAProxy backends file (no reload), so the HAProxy writer and
+        # its metrics can be seen without an HAProxy.
+        haproxy = {"HEALTHCHECK_HAPROXY_CONFIG": str(Path(tmp) / "backends.cfg")}
+        settings = load_settings({**DEMO_ENV, **haproxy, **user})
+        return _run_demo(settings)
+
+
+def _run_demo(settings: Settings) -> int:
     configure_logging(settings.log_level, settings.log_format)
 
     async def run() -> int:

@@ -425,6 +425,8 @@ async def test_demo_needs_no_configuration_and_shows_state_changes():
             lambda b: value(b, "healthcheck_target_up", target="api-dead") == 0, what="dead down"
         )
         assert value(body, "healthcheck_target_up", target="web-healthy") == 1
+        # The demo writes an HAProxy backends file too, so the writer's metrics are live.
+        assert value(body, "healthcheck_haproxy_config_writes_total", result="success") >= 1
         assert value(body, "healthcheck_target_up", target="web-flapping") is not None
         banner = "\n".join(proc.log)
         assert f"{proc.base_url}/metrics" in banner
