@@ -330,7 +330,8 @@ class Settings(BaseSettings):
         " master-socket (reload on the master CLI), command, or runtime-api (no reload).",
     )
     haproxy_pidfile: Path | None = Field(
-        default=None, description="HAProxy master pid file (reload mode signal)."
+        default=None,
+        description="HAProxy master pid file (reload mode signal; also a runtime-api fallback).",
     )
     haproxy_master_socket: Path | None = Field(
         default=None,
@@ -338,8 +339,8 @@ class Settings(BaseSettings):
     )
     haproxy_reload_command: str | None = Field(
         default=None,
-        description="Command that reloads HAProxy (reload mode command), e.g."
-        " 'docker kill -s USR2 haproxy'.",
+        description="Command that reloads HAProxy (reload mode command; also a runtime-api"
+        " fallback), e.g. 'docker kill -s USR2 haproxy'.",
     )
     haproxy_reload_timeout: Duration = Field(
         default=10.0, description="Time a reload (or check command) may take."

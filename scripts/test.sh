@@ -44,7 +44,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 
-.venv/bin/ruff check exporter tests
-.venv/bin/ruff format --check exporter tests
+.venv/bin/ruff check exporter tests bench
+.venv/bin/ruff format --check exporter tests bench
 .venv/bin/mypy
 exec .venv/bin/pytest "$@"

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+from aiohttp import web
 
 from exporter.haproxy.reload import cli_command
 from tests.servers import unused_port
@@ -160,3 +161,123 @@ async def haproxy(
                 await hx.proc.wait()
         await pump
         (directory / "haproxy.log").write_text("\n".join(hx.log) + "\n")  # for post-mortems
+
+
+class Backend:
+    """An HTTP backend on a fixed port that can be killed (port closed) and revived."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.port = unused_port()
+        self.runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        async def hello(_: web.Request) -> web.Response:
+            return web.Response(text=self.name)
+
+        app = web.Application()
+        app.router.add_get("/", hello)
+        app.router.add_get("/health", hello)
+        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+    async def kill(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+    @property
+    def target(self) -> str:
+        return f"web=127.0.0.1:{self.port}/health"
+
+    @property
+    def server(self) -> str:
+        return f"web-127.0.0.1-{self.port}"
+
+
+@contextlib.asynccontextmanager
+async def backends(n: int = 3) -> AsyncIterator[list[Backend]]:
+    started = [Backend(f"b{i}") for i in range(n)]
+    for b in started:
+        await b.start()
+    try:
+        yield started
+    finally:
+        for b in started:
+            await b.kill()
+
+
+@dataclass
+class Request:
+    started: float
+    ended: float
+    ok: bool
+    detail: str
+
+
+@dataclass
+class Load:
+    """Sequential requests through HAProxy, a new connection each, bounded in time."""
+
+    url: str
+    results: list[Request] = field(default_factory=list)
+
+    async def run(self, stop: asyncio.Event, limit: float = 180.0) -> None:
+        timeout = aiohttp.ClientTimeout(total=2)
+        connector = aiohttp.TCPConnector(force_close=True)
+        deadline = time.monotonic() + limit
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+            while not stop.is_set() and time.monotonic() < deadline:
+                started = time.monotonic()
+                try:
+                    async with session.get(self.url) as resp:
+                        ok, detail = resp.status == 200, (await resp.text()).strip()
+                except (aiohttp.ClientError, TimeoutError) as err:
+                    ok, detail = False, repr(err)
+                self.results.append(Request(started, time.monotonic(), ok, detail))
+                await asyncio.sleep(0.002)
+
+
+@contextlib.asynccontextmanager
+async def load(url: str) -> AsyncIterator[Load]:
+    client, stop = Load(url), asyncio.Event()
+    task = asyncio.create_task(client.run(stop))
+    try:
+        yield client
+    finally:
+        stop.set()
+        await task
+
+
+def reload_env(mode: str, hx: HAProxy) -> dict[str, str]:
+    env = {"HEALTHCHECK_HAPROXY_CONFIG": str(hx.backends_cfg), "HEALTHCHECK_HAPROXY_RELOAD": mode}
+    if mode == "signal":
+        env["HEALTHCHECK_HAPROXY_PIDFILE"] = str(hx.pidfile)
+    elif mode == "master-socket":
+        env["HEALTHCHECK_HAPROXY_MASTER_SOCKET"] = str(hx.master_socket)
+    elif mode == "command":
+        env["HEALTHCHECK_HAPROXY_RELOAD_COMMAND"] = f"sh -c 'kill -USR2 $(cat {hx.pidfile})'"
+    elif mode == "runtime-api":
+        env["HEALTHCHECK_HAPROXY_RUNTIME_SOCKET"] = str(hx.admin_socket)
+        env["HEALTHCHECK_HAPROXY_MASTER_SOCKET"] = str(hx.master_socket)  # reload fallback
+    return env
+
+
+MAINT = 0x01  # srv_admin_state flag: forced maintenance (no traffic)
+
+
+def in_rotation(servers: dict[str, int], server: str) -> bool:
+    """Whether HAProxy sends traffic to `server`: present and not in forced maintenance."""
+    return server in servers and not servers[server] & MAINT
+
+
+def unexplained_failures(
+    results: list[Request], windows: list[tuple[float, float]]
+) -> list[Request]:
+    """Failures of requests not in flight during any (kill, eviction) window."""
+    return [
+        r
+        for r in results
+        if not r.ok and not any(r.ended >= a and r.started <= b for a, b in windows)
+    ]
