@@ -1,17 +1,29 @@
-"""`healthcheck-exporter demo`: three local backends and the exporter watching them.
+"""`healthcheck-exporter demo`: three local backends, the exporter watching them, and a switch.
 
 No configuration needed. One backend always answers 200, one flaps between 200 and 503 every
 `FLAP_PERIOD` seconds, one is dead (nothing listens on its port). With a 2 s interval and the
 default fall 3 / rise 2, the flapping backend changes state within about half a minute.
+
+A control endpoint on 127.0.0.1 (its URL is in the banner) stops and starts the backends, to see
+(or test) what a crash and a recovery look like in the metrics, the dashboard and the alerts:
+
+    GET  /                       each backend, its address and whether it is running
+    POST /backends/<id>/stop     stop listening: checks of it fail with `connection_refused`
+    POST /backends/<id>/start    listen again on the same port (`api-dead` then answers 200)
+
+    curl -X POST http://127.0.0.1:<control port>/backends/web-healthy/stop
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
+import logging
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from aiohttp import web
@@ -24,62 +36,150 @@ DEMO_ENV = {
     "HEALTHCHECK_TIMEOUT": "1s",
     "HEALTHCHECK_LISTEN_ADDRESS": "127.0.0.1:9898",
 }
+LOOPBACK = "127.0.0.1"
+
+logger = logging.getLogger("exporter.demo")
+
+# print_banner's signature is fixed by the CLI, so the running demo hands it the control URL here.
+_control_url: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "demo_control_url", default=None
+)
 
 
 async def _healthy(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
 
-def _make_flapping(started: float) -> web.Application:
-    async def health(request: web.Request) -> web.Response:
-        up = int((time.monotonic() - started) // FLAP_PERIOD) % 2 == 0
-        return web.Response(status=200 if up else 503, text="ok\n" if up else "failing\n")
+Handler = Callable[[web.Request], Awaitable[web.Response]]
 
+
+def _health_app(handler: Handler) -> web.Application:
     app = web.Application()
-    app.router.add_get("/health", health)
+    app.router.add_get("/health", handler)
     return app
 
 
 def _make_healthy() -> web.Application:
-    app = web.Application()
-    app.router.add_get("/health", _healthy)
-    return app
+    return _health_app(_healthy)
 
 
-def _dead_port() -> int:
+def _flapping_factory(started: float) -> Callable[[], web.Application]:
+    """Apps whose phase counts from `started`, so a restart does not reset the flapping."""
+
+    async def health(request: web.Request) -> web.Response:
+        up = int((time.monotonic() - started) // FLAP_PERIOD) % 2 == 0
+        return web.Response(status=200 if up else 503, text="ok\n" if up else "failing\n")
+
+    return functools.partial(_health_app, health)
+
+
+async def _listen(app: web.Application, port: int) -> web.AppRunner:
+    """Serve `app` on 127.0.0.1:`port` (0: a free port, see `_bound_port`)."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, LOOPBACK, port).start()
+    except OSError:
+        await runner.cleanup()
+        raise
+    return runner
+
+
+def _bound_port(runner: web.AppRunner) -> int:
+    port: int = runner.addresses[0][1]
+    return port
+
+
+def _unused_port() -> int:
     """A port on 127.0.0.1 where nothing listens (connections are refused)."""
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((LOOPBACK, 0))
         port: int = sock.getsockname()[1]
         return port
 
 
-async def _start(app: web.Application) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port: int = runner.addresses[0][1]
-    return runner, port
+class Backend:
+    """One demo backend: a fresh aiohttp app per start, always on the same port of 127.0.0.1."""
+
+    def __init__(self, target_id: str, app_name: str, make_app: Callable[[], web.Application]):
+        self.id = target_id
+        self.app_name = app_name
+        self.make_app = make_app
+        self.port = 0  # 0 until the first start picks a free port
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._runner is not None
+
+    @property
+    def target(self) -> Target:
+        return Target(self.id, self.app_name, LOOPBACK, str(self.port), "/health")
+
+    async def start(self) -> None:
+        if self._runner is None:
+            self._runner = await _listen(self.make_app(), self.port)
+            self.port = _bound_port(self._runner)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    def describe(self) -> str:
+        state = "running" if self.running else "stopped (connections refused)"
+        return f"{self.id:<13} {self.target.url:<36} {state}"
+
+
+def _control_app(backends: dict[str, Backend]) -> web.Application:
+    async def index(request: web.Request) -> web.Response:
+        return web.Response(text="".join(b.describe() + "\n" for b in backends.values()))
+
+    async def switch(request: web.Request) -> web.Response:
+        backend = backends.get(request.match_info["id"])
+        if backend is None:
+            known = ", ".join(backends)
+            raise web.HTTPNotFound(text=f"no demo backend {request.match_info['id']!r}: {known}\n")
+        action = request.match_info["action"]
+        try:
+            await (backend.start() if action == "start" else backend.stop())
+        except OSError as err:  # the port was taken by someone else meanwhile
+            raise web.HTTPConflict(text=f"cannot start {backend.id}: {err}\n") from None
+        logger.info(
+            "demo backend switched",
+            extra={"target": backend.id, "action": action, "port": backend.port},
+        )
+        return web.Response(text=backend.describe() + "\n")
+
+    app = web.Application()
+    app.router.add_get("/", index)
+    app.router.add_post("/backends/{id}/{action:start|stop}", switch)
+    return app
 
 
 @asynccontextmanager
 async def demo_backends() -> AsyncIterator[list[Target]]:
-    """Start the backends; yields the three targets (apps `web` and `api`)."""
-    healthy_runner, healthy_port = await _start(_make_healthy())
-    flapping_runner, flapping_port = await _start(_make_flapping(time.monotonic()))
+    """Start the backends and their control endpoint; yields the three targets."""
+    healthy = Backend("web-healthy", "web", _make_healthy)
+    flapping = Backend("web-flapping", "web", _flapping_factory(time.monotonic()))
+    dead = Backend("api-dead", "api", _make_healthy)  # healthy once started by hand
+    backends = {b.id: b for b in (healthy, flapping, dead)}
+    await healthy.start()
+    await flapping.start()
+    dead.port = _unused_port()
+    control = await _listen(_control_app(backends), 0)
+    token = _control_url.set(f"http://{LOOPBACK}:{_bound_port(control)}")
     try:
-        yield [
-            Target("web-healthy", "web", "127.0.0.1", str(healthy_port), "/health"),
-            Target("web-flapping", "web", "127.0.0.1", str(flapping_port), "/health"),
-            Target("api-dead", "api", "127.0.0.1", str(_dead_port()), "/health"),
-        ]
+        yield [b.target for b in backends.values()]
     finally:
-        await asyncio.gather(healthy_runner.cleanup(), flapping_runner.cleanup())
+        _control_url.reset(token)
+        await control.cleanup()
+        await asyncio.gather(*(b.stop() for b in backends.values()))
 
 
 def print_banner(addresses: list[str], targets: list[Target]) -> None:
     base = f"http://{addresses[0]}" if addresses else "(no address)"
+    control = _control_url.get()
     lines = [
         "healthcheck-exporter demo: three local backends, checked every 2 s (fall 3, rise 2)",
         f"  metrics:       {base}/metrics",
@@ -89,6 +189,12 @@ def print_banner(addresses: list[str], targets: list[Target]) -> None:
         f"  web-flapping switches between 200 and 503 every {FLAP_PERIOD:g} s; api-dead refuses",
         "  connections. Watch the log below, or: curl -s "
         f"{base}/metrics | grep healthcheck_target_up",
-        "  Ctrl-C stops the demo.",
     ]
+    if control is not None:
+        lines += [
+            f"  control:       {control}/  (backends and their state)",
+            f"  stop a backend:  curl -X POST {control}/backends/web-healthy/stop",
+            f"  start it again:  curl -X POST {control}/backends/web-healthy/start",
+        ]
+    lines.append("  Ctrl-C stops the demo.")
     print("\n".join(lines), file=sys.stderr, flush=True)

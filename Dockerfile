@@ -1,0 +1,42 @@
+# syntax=docker/dockerfile:1
+# healthcheck-exporter image: the wheels are built in the first stage and installed, offline, in
+# a slim runtime stage that has no build tools. Usage and defaults: docs/observability.md.
+#
+#   docker build -t healthcheck-exporter .
+#   docker run --rm -p 9898:9898 -e HEALTHCHECK_TARGETS='web=10.0.0.5:8080/healthz' healthcheck-exporter
+
+FROM python:3.11-slim-bookworm AS build
+WORKDIR /src
+# Only what the wheel is made of (.dockerignore keeps the rest out of the context).
+COPY pyproject.toml README.md ./
+COPY exporter/ exporter/
+# The project's wheel plus every dependency's, uvloop included (the `fast` extra).
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[fast]"
+
+FROM python:3.11-slim-bookworm
+LABEL org.opencontainers.image.title="healthcheck-exporter" \
+      org.opencontainers.image.description="Active HTTP health checker with HAProxy-style fall/rise thresholds and Prometheus metrics" \
+      org.opencontainers.image.licenses="MIT"
+# Every wheel built above (the project, its dependencies, uvloop) and nothing else (--no-index);
+# bind-mounted from the build stage, so no layer keeps a copy of them.
+RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    PIP_ROOT_USER_ACTION=ignore pip install --no-cache-dir --no-index --find-links=/wheels \
+        /wheels/*.whl \
+    && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin \
+        healthcheck \
+    && install -d -o 10001 -g 10001 /var/lib/healthcheck-exporter
+# Listen on every interface (IPv4 and IPv6) inside the container; log JSON lines for log
+# collectors. Any HEALTHCHECK_* variable given to `docker run -e` overrides these.
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HEALTHCHECK_LISTEN_ADDRESS=:9898 \
+    HEALTHCHECK_LOG_FORMAT=json
+# A numeric user, so Kubernetes' runAsNonRoot can verify it. It owns /var/lib/healthcheck-exporter:
+# a volume mounted there starts owned by it, a place to write the HAProxy config file.
+USER 10001:10001
+EXPOSE 9898
+# /-/healthy with the image's own Python (no curl here), on the port of HEALTHCHECK_LISTEN_ADDRESS.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import http.client, os; port = int(os.environ.get('HEALTHCHECK_LISTEN_ADDRESS', ':9898').rpartition(':')[2]); conn = http.client.HTTPConnection('127.0.0.1', port, timeout=4); conn.request('GET', '/-/healthy'); raise SystemExit(conn.getresponse().status != 200)"]
+ENTRYPOINT ["healthcheck-exporter"]
+CMD ["run"]
