@@ -1,9 +1,9 @@
 """`/metrics` content, built from the monitor's state at scrape time (a custom collector).
 
-A scrape first copies the state into a `Snapshot` on the event loop (cheap, and consistent because
-nothing else runs meanwhile), then renders it with prometheus_client's exposition functions in a
-worker thread, so a large exposition never stalls checks. Targets that are gone are simply not in
-the snapshot, so their series disappear with no bookkeeping.
+The exporter-wide families (a few dozen series whatever the fleet size) are copied into a
+`Snapshot` on the event loop and rendered by prometheus_client with the process and GC metrics.
+The per-target families, the bulk at thousands of targets, are written by `exporter.exposition`.
+Either way, targets that are gone are simply not in the state, so their series disappear.
 """
 
 from __future__ import annotations
@@ -27,10 +27,7 @@ from exporter import __version__
 from exporter.haproxy.updater import HAProxyStats
 from exporter.model import Config, TargetState
 from exporter.monitor import HealthMonitor
-from exporter.state import SUCCESS
 from exporter.stats import Histogram
-
-TARGET_LABELS = ("app", "target", "address")
 
 
 class ReloadStats(Protocol):
@@ -39,20 +36,6 @@ class ReloadStats(Protocol):
     reload_successes: int
     reload_failures: int
     last_reload_success_time: float
-
-
-@dataclass(frozen=True, slots=True)
-class TargetSample:
-    labels: tuple[str, str, str]  # app, target, address
-    up: int
-    consecutive_failures: int
-    consecutive_successes: int
-    last_check_time: float | None
-    last_duration: float | None
-    last_status_code: int | None
-    checks: tuple[tuple[str, int], ...]
-    transitions_to_healthy: int
-    transitions_to_unhealthy: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +52,6 @@ def _histogram_sample(hist: Histogram) -> HistogramSample:
 class Snapshot:
     config: Config
     ready: bool
-    targets: list[TargetSample]
     stats: tuple[int, int, int]
     check_durations: dict[str, HistogramSample]
     schedule_lag: HistogramSample
@@ -90,28 +72,9 @@ def take_snapshot(
     haproxy: HAProxyStats | None = None,
 ) -> Snapshot:
     """Copy what `/metrics` shows out of the monitor. Call it on the event loop thread."""
-    samples = []
-    for entry in monitor.tracker.entries():
-        target = entry.target
-        last = entry.last_result
-        samples.append(
-            TargetSample(
-                labels=(target.app_name, target.id, target.address),
-                up=int(entry.state is TargetState.HEALTHY),
-                consecutive_failures=entry.consecutive_failures,
-                consecutive_successes=entry.consecutive_successes,
-                last_check_time=last.checked_at if last else None,
-                last_duration=last.duration if last else None,
-                last_status_code=last.status_code if last else None,
-                checks=tuple(entry.checks.items()),
-                transitions_to_healthy=entry.transitions_to_healthy,
-                transitions_to_unhealthy=entry.transitions_to_unhealthy,
-            )
-        )
     return Snapshot(
         config=monitor.config,
         ready=monitor.ready,
-        targets=samples,
         stats=monitor.get_stats(),
         check_durations={
             app: _histogram_sample(h) for app, h in monitor.check_durations.by_label.items()
@@ -131,11 +94,12 @@ def take_snapshot(
     )
 
 
-def build_labels(event_loop: str) -> dict[str, str]:
+def build_labels(event_loop: str, shard: str = "") -> dict[str, str]:
     return {
         "version": __version__,
         "python_version": platform.python_version(),
         "event_loop": event_loop,
+        "shard": shard,  # i/n with HEALTHCHECK_SHARD, else empty
     }
 
 
@@ -147,7 +111,6 @@ class SnapshotCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         yield from self._exporter_families()
-        yield from self._target_families()
         yield from self._histograms()
         if self.snapshot.haproxy is not None:
             yield from _haproxy_families(self.snapshot.haproxy)
@@ -157,8 +120,8 @@ class SnapshotCollector(Collector):
         labels = snap.build_labels
         info = GaugeMetricFamily(
             "healthcheck_exporter_build_info",
-            "A metric with a constant '1' value labelled by version, Python version and event "
-            "loop of the exporter.",
+            "A metric with a constant '1' value labelled by version, Python version, event "
+            "loop and shard (i/n, empty when not sharded) of the exporter.",
             labels=list(labels),
         )
         info.add_metric(list(labels.values()), 1)
@@ -230,68 +193,6 @@ class SnapshotCollector(Collector):
                 "Unix time of the last successful read of HEALTHCHECK_TARGETS_FILE.",
                 value=last_success,
             )
-
-    def _target_families(self) -> Iterator[Metric]:
-        labels = list(TARGET_LABELS)
-        up = GaugeMetricFamily(
-            "healthcheck_target_up",
-            "1 if the target is healthy (after fall/rise thresholds), 0 if unhealthy.",
-            labels=labels,
-        )
-        failures = GaugeMetricFamily(
-            "healthcheck_target_consecutive_failures",
-            "Failed checks in a row (reset by a success).",
-            labels=labels,
-        )
-        successes = GaugeMetricFamily(
-            "healthcheck_target_consecutive_successes",
-            "Successful checks in a row (reset by a failure).",
-            labels=labels,
-        )
-        last_time = GaugeMetricFamily(
-            "healthcheck_target_last_check_timestamp_seconds",
-            "Unix time the last check of the target ended (absent until its first check).",
-            labels=labels,
-        )
-        last_duration = GaugeMetricFamily(
-            "healthcheck_target_last_check_duration_seconds",
-            "Duration of the last check of the target.",
-            labels=labels,
-        )
-        last_code = GaugeMetricFamily(
-            "healthcheck_target_last_status_code",
-            "HTTP status code of the last check, 0 if no HTTP response was received.",
-            labels=labels,
-        )
-        checks = CounterMetricFamily(
-            "healthcheck_checks",
-            "Checks of the target by result: success or the failure reason (timeout, "
-            "connection_refused, connection_reset, http_status, dns, protocol_error, "
-            "network_unreachable, other).",
-            labels=[*labels, "result"],
-        )
-        transitions = CounterMetricFamily(
-            "healthcheck_state_transitions",
-            "State changes of the target, by the state it changed to.",
-            labels=[*labels, "to"],
-        )
-        for s in self.snapshot.targets:
-            lv = list(s.labels)
-            up.add_metric(lv, s.up)
-            failures.add_metric(lv, s.consecutive_failures)
-            successes.add_metric(lv, s.consecutive_successes)
-            if s.last_check_time is not None:
-                last_time.add_metric(lv, s.last_check_time)
-                last_duration.add_metric(lv, s.last_duration or 0.0)
-                last_code.add_metric(lv, s.last_status_code or 0)
-            counts = dict(s.checks)
-            counts.setdefault(SUCCESS, 0)  # always present, so rate() works from the start
-            for result, count in sorted(counts.items()):
-                checks.add_metric([*lv, result], count)
-            transitions.add_metric([*lv, str(TargetState.HEALTHY)], s.transitions_to_healthy)
-            transitions.add_metric([*lv, str(TargetState.UNHEALTHY)], s.transitions_to_unhealthy)
-        yield from (up, failures, successes, last_time, last_duration, last_code)
-        yield from (checks, transitions)
 
     def _histograms(self) -> Iterator[Metric]:
         snap = self.snapshot

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import html
 from collections.abc import Callable
 
@@ -10,19 +9,28 @@ from aiohttp import hdrs, web
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 from exporter import __version__
+from exporter.exposition import LabelCache, render_targets
 from exporter.metrics import ScrapeRegistry, Snapshot
 from exporter.monitor import HealthMonitor
 
 SNAPSHOT_KEY: web.AppKey[Callable[[], Snapshot]] = web.AppKey("snapshot")
 MONITOR_KEY = web.AppKey("monitor", HealthMonitor)
+LABELS_KEY = web.AppKey("labels", LabelCache)
+OPENMETRICS_EOF = b"# EOF\n"
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Snapshot on the loop, render in a thread; text or OpenMetrics by Accept; gzip if asked."""
-    snapshot = request.app[SNAPSHOT_KEY]()
+    """Text or OpenMetrics by Accept, gzip if asked; never blocks the loop for long."""
     accept = ",".join(request.headers.getall(hdrs.ACCEPT, []))
     encoder, content_type = choose_encoder(accept)
-    body = await asyncio.to_thread(encoder, ScrapeRegistry(snapshot))
+    openmetrics = content_type.startswith("application/openmetrics-text")
+    # Exporter-wide families and process metrics: a few hundred lines, rendered by the library.
+    head = encoder(ScrapeRegistry(request.app[SNAPSHOT_KEY]()))
+    entries = request.app[MONITOR_KEY].tracker.entries()
+    targets = await render_targets(entries, request.app[LABELS_KEY], openmetrics)
+    if openmetrics:  # one `# EOF`, at the very end
+        head = head.removesuffix(OPENMETRICS_EOF)
+    body = head + targets.encode() + (OPENMETRICS_EOF if openmetrics else b"")
     response = web.Response(body=body, headers={hdrs.CONTENT_TYPE: content_type})
     if gzip_accepted(request.headers.get(hdrs.ACCEPT_ENCODING, "")):
         response.enable_compression(web.ContentCoding.gzip)  # what Prometheus asks for
@@ -82,6 +90,7 @@ def make_app(monitor: HealthMonitor, snapshot: Callable[[], Snapshot]) -> web.Ap
     app = web.Application()
     app[MONITOR_KEY] = monitor
     app[SNAPSHOT_KEY] = snapshot
+    app[LABELS_KEY] = LabelCache()
     app.router.add_get("/", landing)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/-/healthy", healthy)
