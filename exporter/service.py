@@ -16,6 +16,7 @@ from exporter.metrics import ReloadStats, build_labels, take_snapshot
 from exporter.model import ConfigUpdater, Target, TargetProvider
 from exporter.monitor import HealthMonitor
 from exporter.settings import ConfigError, Settings
+from exporter.shard import Shard, ShardedProvider
 from exporter.targets import FileTargetProvider, StaticTargetProvider, parse_targets_env
 from exporter.web import make_app
 
@@ -40,7 +41,14 @@ class TargetSource:
 
 
 def target_source(settings: Settings) -> TargetSource:
-    """The configured target source, loaded and validated (raises ConfigError)."""
+    """The configured target source, loaded, validated and sharded (raises ConfigError)."""
+    source = _unsharded_source(settings)
+    if settings.shard is not None:
+        source.provider = ShardedProvider(source.provider, Shard.parse(settings.shard))
+    return source
+
+
+def _unsharded_source(settings: Settings) -> TargetSource:
     if settings.targets is not None:
         return TargetSource(StaticTargetProvider(parse_targets_env(settings.targets)))
     if settings.targets_file is not None:
@@ -107,7 +115,7 @@ async def serve(
     if haproxy is not None:
         haproxy.track(lambda: [(e.target, e.state) for e in monitor.tracker.entries()])
         await haproxy.start()
-    labels = build_labels(event_loop_name())
+    labels = build_labels(event_loop_name(), settings.shard or "")
     stats = haproxy.stats if haproxy is not None else None
     app = make_app(monitor, lambda: take_snapshot(monitor, labels, source.reload_stats, stats))
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.5)

@@ -30,6 +30,7 @@ from pydantic_settings import (
 from pydantic_settings.sources.utils import parse_env_vars
 
 from exporter.model import Config
+from exporter.shard import Shard
 
 ENV_PREFIX = "HEALTHCHECK_"
 
@@ -302,6 +303,12 @@ class Settings(BaseSettings):
         " groups), reloaded on change.",
     )
 
+    shard: str | None = Field(
+        default=None,
+        description="i/n: keep only the targets whose id hashes to shard i of n (Prometheus"
+        " hashmod), so n replicas split a fleet with no coordination.",
+    )
+
     haproxy_config: Path | None = Field(
         default=None,
         description="HAProxy config fragment to keep in step with health (one backend per app);"
@@ -394,6 +401,11 @@ class Settings(BaseSettings):
         if self.targets is not None and self.targets_file is not None:
             raise ValueError(f"set only one of {ENV_PREFIX}TARGETS and {ENV_PREFIX}TARGETS_FILE")
         return self
+
+    @field_validator("shard")
+    @classmethod
+    def _check_shard(cls, value: str | None) -> str | None:
+        return None if value is None else str(Shard.parse(value))
 
     @field_validator("haproxy_backend_prefix", "haproxy_server_options")
     @classmethod
