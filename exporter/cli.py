@@ -156,11 +156,11 @@ def _run_demo(settings: Settings) -> int:
     configure_logging(settings.log_level, settings.log_format)
 
     async def run() -> int:
-        async with demo_backends() as targets:
-            source = TargetSource(StaticTargetProvider(targets))
+        async with demo_backends() as demo:
+            source = TargetSource(StaticTargetProvider(demo.targets))
 
             async def banner(addresses: list[str]) -> None:
-                print_banner(addresses, targets)
+                print_banner(addresses, demo)
 
             await serve(settings, source, on_listening=banner)
         return EXIT_OK

@@ -17,7 +17,6 @@ A control endpoint on 127.0.0.1 (its URL is in the banner) stops and starts the 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
 import logging
 import socket
@@ -25,6 +24,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -40,10 +40,13 @@ LOOPBACK = "127.0.0.1"
 
 logger = logging.getLogger("exporter.demo")
 
-# print_banner's signature is fixed by the CLI, so the running demo hands it the control URL here.
-_control_url: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "demo_control_url", default=None
-)
+
+@dataclass(frozen=True)
+class Demo:
+    """A running demo: the targets to check and the URL of the control endpoint."""
+
+    targets: list[Target]
+    control_url: str
 
 
 async def _healthy(request: web.Request) -> web.Response:
@@ -158,8 +161,8 @@ def _control_app(backends: dict[str, Backend]) -> web.Application:
 
 
 @asynccontextmanager
-async def demo_backends() -> AsyncIterator[list[Target]]:
-    """Start the backends and their control endpoint; yields the three targets."""
+async def demo_backends() -> AsyncIterator[Demo]:
+    """Start the backends and their control endpoint."""
     healthy = Backend("web-healthy", "web", _make_healthy)
     flapping = Backend("web-flapping", "web", _flapping_factory(time.monotonic()))
     dead = Backend("api-dead", "api", _make_healthy)  # healthy once started by hand
@@ -168,33 +171,30 @@ async def demo_backends() -> AsyncIterator[list[Target]]:
     await flapping.start()
     dead.port = _unused_port()
     control = await _listen(_control_app(backends), 0)
-    token = _control_url.set(f"http://{LOOPBACK}:{_bound_port(control)}")
     try:
-        yield [b.target for b in backends.values()]
+        yield Demo(
+            [b.target for b in backends.values()], f"http://{LOOPBACK}:{_bound_port(control)}"
+        )
     finally:
-        _control_url.reset(token)
         await control.cleanup()
         await asyncio.gather(*(b.stop() for b in backends.values()))
 
 
-def print_banner(addresses: list[str], targets: list[Target]) -> None:
+def print_banner(addresses: list[str], demo: Demo) -> None:
     base = f"http://{addresses[0]}" if addresses else "(no address)"
-    control = _control_url.get()
+    control = demo.control_url
     lines = [
         "healthcheck-exporter demo: three local backends, checked every 2 s (fall 3, rise 2)",
         f"  metrics:       {base}/metrics",
         f"  landing page:  {base}/",
         "  backends:",
-        *(f"    {t.id:<13} {t.url}" for t in targets),
+        *(f"    {t.id:<13} {t.url}" for t in demo.targets),
         f"  web-flapping switches between 200 and 503 every {FLAP_PERIOD:g} s; api-dead refuses",
         "  connections. Watch the log below, or: curl -s "
         f"{base}/metrics | grep healthcheck_target_up",
+        f"  control:       {control}/  (backends and their state)",
+        f"  stop a backend:  curl -X POST {control}/backends/web-healthy/stop",
+        f"  start it again:  curl -X POST {control}/backends/web-healthy/start",
+        "  Ctrl-C stops the demo.",
     ]
-    if control is not None:
-        lines += [
-            f"  control:       {control}/  (backends and their state)",
-            f"  stop a backend:  curl -X POST {control}/backends/web-healthy/stop",
-            f"  start it again:  curl -X POST {control}/backends/web-healthy/start",
-        ]
-    lines.append("  Ctrl-C stops the demo.")
     print("\n".join(lines), file=sys.stderr, flush=True)
