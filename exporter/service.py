@@ -131,6 +131,12 @@ async def serve(
         if source.file is not None:
             watch = loop.create_task(source.file.watch(monitor.refresh_targets))
             loop.add_signal_handler(signal.SIGHUP, _reload_on_sighup, source.file, monitor)
+        if settings.timeout > settings.interval:
+            logger.warning(
+                "HEALTHCHECK_TIMEOUT is longer than HEALTHCHECK_INTERVAL: a slot that comes "
+                "while the target's previous check still runs is skipped "
+                "(healthcheck_checks_skipped_total)"
+            )
         monitor.start()
         total = len(source.provider.get_health_check_targets())
         logger.info(

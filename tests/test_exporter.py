@@ -430,3 +430,15 @@ async def test_demo_needs_no_configuration_and_shows_state_changes():
         assert value(body, "healthcheck_target_up", target="web-flapping") is not None
         banner = "\n".join(proc.log)
         assert f"{proc.base_url}/metrics" in banner
+
+
+async def test_timeout_longer_than_interval_is_warned_about():
+    async with target_server() as srv:
+        env = {
+            "HEALTHCHECK_INTERVAL": "1s",
+            "HEALTHCHECK_TIMEOUT": "2s",
+            "HEALTHCHECK_TARGETS": f"web=127.0.0.1:{srv.port}",
+        }
+        async with exporter(env) as proc:
+            line = await proc.wait_for_log("HEALTHCHECK_TIMEOUT is longer")
+    assert "level=warning" in line
