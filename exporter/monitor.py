@@ -37,6 +37,11 @@ from exporter.stats import (
 )
 
 OTHER = FailureReason.OTHER
+# Due checks are started together at most this often: each event-loop wakeup costs about as much
+# CPU as a check, so at thousands of targets one wakeup per slot doubles the cost. The delay adds
+# at most this much schedule lag.
+BATCH_WINDOW = 0.01
+MIN_SYNC_PERIOD = 1.0
 
 
 class Checker(Protocol):
@@ -92,6 +97,10 @@ class HealthMonitor:
         self._epoch = 0.0
         self._next_sync = 0.0
         self._scheduling = False  # the per-target schedule runs (after the first round)
+        self._phase: dict[str, float] = {}  # target id -> its slot's offset in the interval
+        self._loop: asyncio.AbstractEventLoop | None = None  # asyncio.get_running_loop() costs a
+        # getpid() system call per call on Python 3.11: the hot path uses this instead
+        self._waiter: asyncio.Future[None] | None = None
         self._semaphore: asyncio.Semaphore | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -112,7 +121,7 @@ class HealthMonitor:
         """Begin monitoring on the running event loop; a no-op if already running."""
         if self._running:
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._running = True
         self._ready.clear()
         self._semaphore = asyncio.Semaphore(max(self.config.max_concurrent, 1))
@@ -148,6 +157,11 @@ class HealthMonitor:
         """Ask the scheduler to re-read the provider now (e.g. the targets file changed)."""
         self._next_sync = 0.0
         self._wakeup.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     # -- queries (seed API) ------------------------------------------------------------------
 
@@ -160,7 +174,7 @@ class HealthMonitor:
     # -- the loop ----------------------------------------------------------------------------
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(coro)
+        task = (self._loop or asyncio.get_running_loop()).create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -203,13 +217,16 @@ class HealthMonitor:
     async def _schedule_loop(self) -> None:
         loop = asyncio.get_running_loop()
         interval = self.config.interval
-        self._next_sync = loop.time() + interval
+        # The seed re-reads the provider every round; at sub-second intervals once a second is
+        # plenty (a targets file change asks for a sync at once anyway).
+        sync_every = max(interval, MIN_SYNC_PERIOD)
+        self._next_sync = loop.time() + sync_every
         heap = self._heap
         while True:
             now = loop.time()
             if now >= self._next_sync:
                 self._sync_from_provider(now)
-                self._next_sync = now + interval
+                self._next_sync = now + sync_every
             while heap and heap[0][0] <= now:
                 due, _, target_id = heapq.heappop(heap)
                 if self._due.get(target_id) != due:
@@ -224,21 +241,26 @@ class HealthMonitor:
                     continue
                 self._spawn(self._scheduled_check(entry.target, due))
             wake_at = min(heap[0][0] if heap else math.inf, self._next_sync)
-            await self._sleep_until(wake_at)
+            await self._sleep_until(max(wake_at, now + BATCH_WINDOW))
 
     async def _sleep_until(self, when: float) -> None:
-        loop = asyncio.get_running_loop()
-        self._wakeup.clear()
-        handle = loop.call_at(when, self._wakeup.set)
+        """Sleep until `when` or until `_wake()`; one future and one timer, no Event."""
+        loop = self._loop
+        assert loop is not None
+        waiter = self._waiter = loop.create_future()
+        handle = loop.call_at(when, self._wake)
         try:
-            await self._wakeup.wait()
+            await waiter
         finally:
             handle.cancel()
+            self._waiter = None
 
     def _next_slot(self, target_id: str, after: float) -> float:
         """The first slot of the target more than half an interval after `after`."""
         interval = self.config.interval
-        phase = phase_fraction(target_id) * interval
+        phase = self._phase.get(target_id)
+        if phase is None:
+            phase = self._phase[target_id] = phase_fraction(target_id) * interval
         k = math.floor((after + interval / 2 - self._epoch - phase) / interval) + 1
         return self._epoch + phase + k * interval
 
@@ -261,6 +283,7 @@ class HealthMonitor:
             return changes
         for target in changes.removed:
             self._due.pop(target.id, None)
+            self._phase.pop(target.id, None)
         for target in changes.added:
             if self._scheduling:
                 self._schedule(target.id, now)  # a new target is checked at once
@@ -305,7 +328,8 @@ class HealthMonitor:
         assert self._semaphore is not None
         async with self._semaphore:
             if due is not None:
-                self.schedule_lag.observe(max(asyncio.get_running_loop().time() - due, 0.0))
+                assert self._loop is not None
+                self.schedule_lag.observe(max(self._loop.time() - due, 0.0))
             self.checks_in_flight += 1
             try:
                 result = await self.checker.check(target)
