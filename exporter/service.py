@@ -6,7 +6,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import jinja2
 from aiohttp import web
@@ -70,20 +70,14 @@ def haproxy_updater(settings: Settings) -> HAProxyUpdater | None:
         raise ConfigError(f"HEALTHCHECK_HAPROXY_CONFIG: directory {path.parent} does not exist")
     if path.is_dir():
         raise ConfigError(f"HEALTHCHECK_HAPROXY_CONFIG: {path} is a directory, not a file")
+    # HAProxyOptions' fields are the HEALTHCHECK_HAPROXY_* settings without their prefix.
     options = HAProxyOptions(
         config=path,
-        template=settings.haproxy_template,
-        backend_prefix=settings.haproxy_backend_prefix,
-        server_options=settings.haproxy_server_options,
-        check_command=settings.haproxy_check_command,
-        reload=settings.haproxy_reload,
-        pidfile=settings.haproxy_pidfile,
-        master_socket=settings.haproxy_master_socket,
-        reload_command=settings.haproxy_reload_command,
-        reload_timeout=settings.haproxy_reload_timeout,
-        min_reload_interval=settings.haproxy_min_reload_interval,
-        runtime_socket=settings.haproxy_runtime_socket,
-        unhealthy_state=settings.haproxy_unhealthy_state,
+        **{
+            f.name: getattr(settings, f"haproxy_{f.name}")
+            for f in fields(HAProxyOptions)
+            if f.name != "config"
+        },
     )
     try:
         return HAProxyUpdater(options, logger)

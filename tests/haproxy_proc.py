@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import signal
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ import aiohttp
 from aiohttp import web
 
 from exporter.haproxy.reload import cli_command
+from tests.process import stop_process
 from tests.servers import unused_port
 
 MAIN_CFG = """\
@@ -152,13 +152,7 @@ async def haproxy(
             await asyncio.sleep(0.02)
         yield hx
     finally:
-        if hx.proc.returncode is None:
-            hx.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(hx.proc.wait(), 5)
-            except TimeoutError:
-                hx.proc.kill()
-                await hx.proc.wait()
+        await stop_process(hx.proc)
         await pump
         (directory / "haproxy.log").write_text("\n".join(hx.log) + "\n")  # for post-mortems
 

@@ -19,7 +19,6 @@ import contextlib
 import os
 import re
 import shutil
-import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -34,7 +33,7 @@ import yaml
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.process import ExporterProcess, exporter
+from tests.process import ExporterProcess, exporter, stop_process
 from tests.servers import unused_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,13 +117,7 @@ async def _get_status(session: aiohttp.ClientSession, url: str) -> int:
 
 
 async def _stop(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), 10)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+    await stop_process(proc, grace=10)
 
 
 @contextlib.asynccontextmanager

@@ -108,14 +108,19 @@ async def exporter(
                 await asyncio.sleep(0.05)
         yield handle
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 5)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop_process(proc)
         await pump
+
+
+async def stop_process(proc: asyncio.subprocess.Process, grace: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `grace` seconds."""
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), grace)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
 
 
 async def run_cli(*args: str, env: Mapping[str, str] | None = None) -> tuple[int, str, str]:

@@ -88,8 +88,8 @@ async def test_flapping_backend_under_load_fails_no_request_after_eviction(
         assert value(metrics, "healthcheck_haproxy_reloads_total", result="success") == 0
         assert value(metrics, "healthcheck_haproxy_runtime_commands_total", result="success") >= 50
         assert value(metrics, "healthcheck_haproxy_runtime_commands_total", result="failure") == 0
-    else:
-        assert value(metrics, "healthcheck_haproxy_reloads_total", result="success") >= 50
+    else:  # changes that meet inside the minimum reload interval share one reload
+        assert value(metrics, "healthcheck_haproxy_reloads_total", result="success") >= 25
 
 
 async def test_dead_backend_rejoins_after_rise_successes(tmp_path: Path):
