@@ -9,7 +9,6 @@ slot (and one concurrency permit, for at most the timeout), so it never delays t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import heapq
 import logging
@@ -88,7 +87,6 @@ class HealthMonitor:
         self._running = False
         self._ready = asyncio.Event()
         self._dirty = asyncio.Event()
-        self._wakeup = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight: set[str] = set()
         self._heap: list[tuple[float, int, str]] = []
@@ -156,7 +154,6 @@ class HealthMonitor:
     def refresh_targets(self) -> None:
         """Ask the scheduler to re-read the provider now (e.g. the targets file changed)."""
         self._next_sync = 0.0
-        self._wakeup.set()
         self._wake()
 
     def _wake(self) -> None:
@@ -210,9 +207,7 @@ class HealthMonitor:
         while True:
             self._sync_from_provider(loop.time())
             self._ready.set()
-            self._wakeup.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), self.config.interval)
+            await self._sleep_until(loop.time() + self.config.interval)
 
     async def _schedule_loop(self) -> None:
         loop = asyncio.get_running_loop()
