@@ -3,19 +3,20 @@
 prometheus_client spends ~16 µs per sample line building and formatting sample objects: 1.6 s
 for 10,000 targets x 8 series, on a core that must also keep the check schedule. These families
 are simple (a fixed label set per target, plain numbers), so they are written here with one
-f-string per line, from each target's label text prepared once when the target appears, in chunks
-that yield to the event loop so a scrape never stalls checks for long. The output is checked
-against prometheus_client's parser and promtool in the tests. Everything else on `/metrics`
-(process metrics, exporter-wide families, histograms) still goes through prometheus_client.
+f-string per line, from each target's label text prepared once when the target appears, and
+streamed out a piece at a time: a scrape never stalls checks for long nor holds the whole text.
+The output is checked against prometheus_client's parser and promtool in the tests. Everything
+else on `/metrics` (process metrics, exporter-wide families, histograms) still goes through
+prometheus_client.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from exporter.model import Target, TargetState
+from exporter.model import Result, Target, TargetState
 from exporter.state import SUCCESS, TargetEntry
 
 CHUNK = 500  # targets rendered between two yields to the event loop (~2 ms of work)
@@ -115,58 +116,113 @@ def _number(value: float) -> str:
     return repr(float(value))
 
 
-def _render_chunk(entries: Iterable[TargetEntry], cache: LabelCache, out: list[list[str]]) -> None:
-    up, failures, successes, last_time, last_duration, last_code, checks, transitions = out
-    healthy = TargetState.HEALTHY
-    for entry in entries:
-        labels = cache.get(entry.target)
-        up.append(f"healthcheck_target_up{{{labels}}} {int(entry.state is healthy)}\n")
-        failures.append(
-            f"healthcheck_target_consecutive_failures{{{labels}}} {entry.consecutive_failures}\n"
-        )
-        successes.append(
-            f"healthcheck_target_consecutive_successes{{{labels}}} {entry.consecutive_successes}\n"
-        )
-        last = entry.last_result
-        if last is not None:
-            last_time.append(
-                f"healthcheck_target_last_check_timestamp_seconds{{{labels}}} "
-                f"{_number(last.checked_at)}\n"
-            )
-            last_duration.append(
-                f"healthcheck_target_last_check_duration_seconds{{{labels}}} "
-                f"{_number(last.duration)}\n"
-            )
-            last_code.append(
-                f"healthcheck_target_last_status_code{{{labels}}} {last.status_code}\n"
-            )
-        counts = entry.checks
-        if SUCCESS not in counts:  # always present, so rate() works from the start
-            checks.append(f'healthcheck_checks_total{{{labels},result="success"}} 0\n')
-        for result, count in sorted(counts.items()):
-            checks.append(f'healthcheck_checks_total{{{labels},result="{result}"}} {count}\n')
-        transitions.append(
-            f'healthcheck_state_transitions_total{{{labels},to="healthy"}} '
-            f"{entry.transitions_to_healthy}\n"
-        )
-        transitions.append(
-            f'healthcheck_state_transitions_total{{{labels},to="unhealthy"}} '
-            f"{entry.transitions_to_unhealthy}\n"
-        )
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One target's values, copied at once so its series agree with each other."""
+
+    labels: str
+    up: int
+    consecutive_failures: int
+    consecutive_successes: int
+    last: Result | None  # immutable
+    checks: tuple[tuple[str, int], ...]
+    to_healthy: int
+    to_unhealthy: int
+
+
+def _row(entry: TargetEntry, cache: LabelCache) -> Row:
+    counts = entry.checks
+    checks = tuple(sorted(counts.items() if SUCCESS in counts else [*counts.items(), (SUCCESS, 0)]))
+    return Row(
+        cache.get(entry.target),
+        int(entry.state is TargetState.HEALTHY),
+        entry.consecutive_failures,
+        entry.consecutive_successes,
+        entry.last_result,
+        checks,  # success always present, so rate() works from the start
+        entry.transitions_to_healthy,
+        entry.transitions_to_unhealthy,
+    )
+
+
+def _up(r: Row) -> str:
+    return f"healthcheck_target_up{{{r.labels}}} {r.up}\n"
+
+
+def _failures(r: Row) -> str:
+    return f"healthcheck_target_consecutive_failures{{{r.labels}}} {r.consecutive_failures}\n"
+
+
+def _successes(r: Row) -> str:
+    return f"healthcheck_target_consecutive_successes{{{r.labels}}} {r.consecutive_successes}\n"
+
+
+def _last_time(r: Row) -> str:
+    if r.last is None:  # absent until the first check
+        return ""
+    return (
+        f"healthcheck_target_last_check_timestamp_seconds{{{r.labels}}} "
+        f"{_number(r.last.checked_at)}\n"
+    )
+
+
+def _last_duration(r: Row) -> str:
+    if r.last is None:
+        return ""
+    return (
+        f"healthcheck_target_last_check_duration_seconds{{{r.labels}}} {_number(r.last.duration)}\n"
+    )
+
+
+def _last_code(r: Row) -> str:
+    if r.last is None:
+        return ""
+    return f"healthcheck_target_last_status_code{{{r.labels}}} {r.last.status_code}\n"
+
+
+def _checks(r: Row) -> str:
+    return "".join(
+        f'healthcheck_checks_total{{{r.labels},result="{result}"}} {count}\n'
+        for result, count in r.checks
+    )
+
+
+def _transitions(r: Row) -> str:
+    return (
+        f'healthcheck_state_transitions_total{{{r.labels},to="healthy"}} {r.to_healthy}\n'
+        f'healthcheck_state_transitions_total{{{r.labels},to="unhealthy"}} {r.to_unhealthy}\n'
+    )
+
+
+# One line writer per family, in FAMILIES' order.
+_WRITERS: tuple[Callable[[Row], str], ...] = (
+    _up, _failures, _successes, _last_time, _last_duration, _last_code, _checks, _transitions
+)  # fmt: skip
+
+
+async def iter_targets(
+    entries: list[TargetEntry], cache: LabelCache, openmetrics: bool = False
+) -> AsyncIterator[str]:
+    """The per-target families for `entries`, in pieces of at most CHUNK targets' lines.
+
+    Each target's values are copied first (a small row each), so its series agree; then each
+    family is written from the rows, a piece at a time, so a scrape holds one piece of text, not
+    the whole exposition, and the event loop runs between pieces.
+    """
+    rows: list[Row] = []
+    for start in range(0, len(entries), CHUNK):
+        rows.extend(_row(entry, cache) for entry in entries[start : start + CHUNK])
+        await asyncio.sleep(0)
+    cache.retain({e.target.id for e in entries})
+    for family, write in zip(FAMILIES, _WRITERS, strict=True):
+        yield _header(family, openmetrics)
+        for start in range(0, len(rows), CHUNK):
+            yield "".join(map(write, rows[start : start + CHUNK]))
+            await asyncio.sleep(0)
 
 
 async def render_targets(
     entries: list[TargetEntry], cache: LabelCache, openmetrics: bool = False
 ) -> str:
-    """The per-target families for `entries`, yielding to the loop between chunks."""
-    out: list[list[str]] = [[] for _ in FAMILIES]
-    for start in range(0, len(entries), CHUNK):
-        _render_chunk(entries[start : start + CHUNK], cache, out)
-        if start + CHUNK < len(entries):
-            await asyncio.sleep(0)
-    cache.retain({e.target.id for e in entries})
-    parts: list[str] = []
-    for family, lines in zip(FAMILIES, out, strict=True):
-        parts.append(_header(family, openmetrics))
-        parts.extend(lines)
-    return "".join(parts)
+    """All of `iter_targets` as one string."""
+    return "".join([piece async for piece in iter_targets(entries, cache, openmetrics)])

@@ -9,7 +9,7 @@ from aiohttp import hdrs, web
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 from exporter import __version__
-from exporter.exposition import LabelCache, render_targets
+from exporter.exposition import LabelCache, iter_targets
 from exporter.metrics import ScrapeRegistry, Snapshot
 from exporter.monitor import HealthMonitor
 
@@ -19,21 +19,26 @@ LABELS_KEY = web.AppKey("labels", LabelCache)
 OPENMETRICS_EOF = b"# EOF\n"
 
 
-async def metrics(request: web.Request) -> web.Response:
-    """Text or OpenMetrics by Accept, gzip if asked; never blocks the loop for long."""
+async def metrics(request: web.Request) -> web.StreamResponse:
+    """Text or OpenMetrics by Accept, gzip if asked; streamed, never blocking the loop for long."""
     accept = ",".join(request.headers.getall(hdrs.ACCEPT, []))
     encoder, content_type = choose_encoder(accept)
     openmetrics = content_type.startswith("application/openmetrics-text")
     # Exporter-wide families and process metrics: a few hundred lines, rendered by the library.
     head = encoder(ScrapeRegistry(request.app[SNAPSHOT_KEY]()))
-    entries = request.app[MONITOR_KEY].tracker.entries()
-    targets = await render_targets(entries, request.app[LABELS_KEY], openmetrics)
     if openmetrics:  # one `# EOF`, at the very end
         head = head.removesuffix(OPENMETRICS_EOF)
-    body = head + targets.encode() + (OPENMETRICS_EOF if openmetrics else b"")
-    response = web.Response(body=body, headers={hdrs.CONTENT_TYPE: content_type})
+    response = web.StreamResponse(headers={hdrs.CONTENT_TYPE: content_type})
     if gzip_accepted(request.headers.get(hdrs.ACCEPT_ENCODING, "")):
         response.enable_compression(web.ContentCoding.gzip)  # what Prometheus asks for
+    await response.prepare(request)
+    await response.write(head)
+    entries = request.app[MONITOR_KEY].tracker.entries()
+    async for piece in iter_targets(entries, request.app[LABELS_KEY], openmetrics):
+        await response.write(piece.encode())
+    if openmetrics:
+        await response.write(OPENMETRICS_EOF)
+    await response.write_eof()
     return response
 
 
