@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import copy
 import platform
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from prometheus_client.core import (
@@ -62,7 +61,6 @@ class Snapshot:
     build_labels: dict[str, str]
     file_reloads: tuple[int, int, float] | None = None
     haproxy: HAProxyStats | None = None
-    taken_at: float = field(default_factory=time.time)
 
 
 def take_snapshot(
