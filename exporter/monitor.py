@@ -4,6 +4,10 @@ The seed checks every target in a burst at each tick. Here the first round runs 
 by the concurrency cap), then each target is checked on its own slot: a stable per-target phase
 within the interval, as Prometheus spreads scrapes. A slow or hung target only ever holds its own
 slot (and one concurrency permit, for at most the timeout), so it never delays the others.
+
+Checks wait for a permit in one FIFO queue and start from event-loop callbacks: with the built-in
+`HTTPChecker` a check costs no task, no future and no semaphore, so that at saturation the CPU
+goes to the checks themselves. Any other `Checker` runs in a task per check.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ import heapq
 import logging
 import math
 import time
-from collections.abc import Coroutine, Iterator
+from collections import deque
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from exporter.checker import HTTPChecker
@@ -45,6 +51,26 @@ MIN_SYNC_PERIOD = 1.0
 
 class Checker(Protocol):
     async def check(self, target: Target) -> Result: ...
+
+
+class _Cancellable(Protocol):
+    def cancel(self) -> object: ...
+
+
+@dataclass(eq=False)
+class _Round:
+    """A round of checks someone awaits: done once every target in `waiting` has a result."""
+
+    waiting: set[str]
+    done: asyncio.Future[None] = field(repr=False)
+
+
+def _callback_driven(checker: Checker) -> HTTPChecker | None:
+    """The checker, when its checks can start without a task: an HTTPChecker whose `check` is
+    the stock one (a subclass overriding `check` must have it called)."""
+    if isinstance(checker, HTTPChecker) and type(checker).check is HTTPChecker.check:
+        return checker
+    return None
 
 
 def phase_fraction(target_id: str) -> float:
@@ -81,14 +107,20 @@ class HealthMonitor:
         self.check_durations = HistogramsByLabel(CHECK_DURATION_BUCKETS)
         self.schedule_lag = Histogram(SCHEDULE_LAG_BUCKETS)
         self.checks_skipped = 0  # a slot came while the previous check of that target still ran
-        self.checks_in_flight = 0
         self.updater_calls = {"success": 0, "failure": 0}
         self.provider_failures = 0
         self._running = False
         self._ready = asyncio.Event()
         self._dirty = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._in_flight: set[str] = set()
+        # The check engine: ids waiting for a permit (with their slot, None in a round), the ids
+        # queued or running (never two checks of one target at once), and the running checks.
+        self._queue: deque[tuple[str, float | None]] = deque()
+        self._pending: set[str] = set()
+        self._active: dict[str, _Cancellable] = {}
+        self._rounds: list[_Round] = []
+        self._http: HTTPChecker | None = None  # the checker, when it can run without tasks
+        self._limit = max(config.max_concurrent, 1)
         self._heap: list[tuple[float, int, str]] = []
         self._due: dict[str, float] = {}  # target id -> its live slot; other heap items are stale
         self._seq = 0
@@ -99,13 +131,22 @@ class HealthMonitor:
         self._loop: asyncio.AbstractEventLoop | None = None  # asyncio.get_running_loop() costs a
         # getpid() system call per call on Python 3.11: the hot path uses this instead
         self._waiter: asyncio.Future[None] | None = None
-        self._semaphore: asyncio.Semaphore | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     @property
     def running(self) -> bool:
         return self._running
+
+    @property
+    def checks_in_flight(self) -> int:
+        """Checks running now (holding a permit)."""
+        return len(self._active)
+
+    @property
+    def checks_queued(self) -> int:
+        """Checks waiting for a permit."""
+        return len(self._queue)
 
     @property
     def ready(self) -> bool:
@@ -122,7 +163,7 @@ class HealthMonitor:
         loop = self._loop = asyncio.get_running_loop()
         self._running = True
         self._ready.clear()
-        self._semaphore = asyncio.Semaphore(max(self.config.max_concurrent, 1))
+        self._http = _callback_driven(self.checker)
         self._epoch = loop.time()
         self._spawn(self._run())
         self._spawn(self._notify_loop())
@@ -132,6 +173,10 @@ class HealthMonitor:
         if not self._running:
             return
         self._running = False
+        checks = list(self._active.values())
+        self._active.clear()
+        for check in checks:
+            check.cancel()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -139,7 +184,11 @@ class HealthMonitor:
         self._scheduling = False
         self._heap.clear()
         self._due.clear()
-        self._in_flight.clear()
+        self._queue.clear()
+        self._pending.clear()
+        for round_ in self._rounds:  # whoever awaits force_check() gets control back
+            if not round_.done.done():
+                round_.done.set_result(None)
         self.logger.info("health monitor stopped")
 
     async def force_check(self) -> None:
@@ -226,15 +275,15 @@ class HealthMonitor:
                 due, _, target_id = heapq.heappop(heap)
                 if self._due.get(target_id) != due:
                     continue  # removed or rescheduled since it was pushed
-                entry = self.tracker.get_entry(target_id)
-                if entry is None:
+                if target_id not in self.tracker:
                     continue
                 # Never queue up missed slots after a stall: the next slot is in the future.
                 self._schedule(target_id, self._next_slot(target_id, max(due, now - interval / 2)))
-                if target_id in self._in_flight:
+                if target_id in self._pending:
                     self.checks_skipped += 1
-                    continue
-                self._spawn(self._scheduled_check(entry.target, due))
+                else:
+                    self._enqueue(target_id, due)
+            self._start_queued()
             wake_at = min(heap[0][0] if heap else math.inf, self._next_sync)
             await self._sleep_until(max(wake_at, now + BATCH_WINDOW))
 
@@ -300,45 +349,75 @@ class HealthMonitor:
     # -- checks ------------------------------------------------------------------------------
 
     async def _round(self) -> None:
-        """Check every target once, at most `max_concurrent` at a time, without a task each."""
-        loop = asyncio.get_running_loop()
-        self._sync_from_provider(loop.time())
-        pending: Iterator[Target] = iter(self.tracker.get_all_targets())
-
-        async def worker() -> None:
-            for target in pending:
-                await self._checked(target)
-
-        workers = min(max(self.config.max_concurrent, 1), len(self.tracker))
-        await asyncio.gather(*(worker() for _ in range(workers)))
-
-    async def _scheduled_check(self, target: Target, due: float) -> None:
-        self._in_flight.add(target.id)
+        """Check every target once, through the queue, and wait for every result."""
+        assert self._loop is not None
+        self._sync_from_provider(self._loop.time())
+        ids = [target.id for target in self.tracker.get_all_targets()]
+        if not ids:
+            return
+        round_ = _Round(set(ids), self._loop.create_future())
+        self._rounds.append(round_)
         try:
-            await self._checked(target, due)
+            for target_id in ids:
+                if target_id not in self._pending:  # else its check under way counts
+                    self._enqueue(target_id, None)
+            self._start_queued()
+            await round_.done
         finally:
-            self._in_flight.discard(target.id)
+            self._rounds.remove(round_)
 
-    async def _checked(self, target: Target, due: float | None = None) -> None:
-        assert self._semaphore is not None
-        async with self._semaphore:
+    def _enqueue(self, target_id: str, due: float | None) -> None:
+        self._pending.add(target_id)
+        self._queue.append((target_id, due))
+
+    def _start_queued(self) -> None:
+        """Start queued checks while permits are free."""
+        queue, active, loop = self._queue, self._active, self._loop
+        assert loop is not None
+        while queue and len(active) < self._limit:
+            target_id, due = queue.popleft()
+            entry = self.tracker.get_entry(target_id)
+            if entry is None:  # removed while it waited
+                self._pending.discard(target_id)
+                self._settle_rounds(target_id)
+                continue
             if due is not None:
-                assert self._loop is not None
-                self.schedule_lag.observe(max(self._loop.time() - due, 0.0))
-            self.checks_in_flight += 1
-            try:
-                result = await self.checker.check(target)
-            except Exception as err:  # a custom checker's bug must not end the loop
-                result = Result(
-                    target,
-                    False,
-                    error=f"checker error: {err!r}",
-                    reason=OTHER,
-                    checked_at=time.time(),
-                )
-            finally:
-                self.checks_in_flight -= 1
-        self._record(result)
+                self.schedule_lag.observe(max(loop.time() - due, 0.0))
+            if self._http is not None:
+                active[target_id] = self._http.start(entry.target, self._http_done, loop)
+            else:
+                active[target_id] = loop.create_task(self._task_check(entry.target))
+
+    def _http_done(self, result: Result) -> None:
+        self._check_done(result.target.id, result)
+
+    async def _task_check(self, target: Target) -> None:
+        try:
+            result = await self.checker.check(target)
+        except Exception as err:  # a custom checker's bug must not end the loop
+            result = Result(
+                target, False, error=f"checker error: {err!r}", reason=OTHER, checked_at=time.time()
+            )
+        self._check_done(target.id, result)
+
+    def _check_done(self, target_id: str, result: Result) -> None:
+        """A check ended: free its permit, record it, start the next queued one."""
+        if self._active.pop(target_id, None) is None:
+            return  # stopped since it started
+        self._pending.discard(target_id)
+        try:
+            self._record(result)
+        except Exception:  # e.g. a failing log handler: the next checks must still start
+            self.logger.exception("recording a check result failed", extra={"target": target_id})
+        if self._rounds:
+            self._settle_rounds(target_id)
+        self._start_queued()
+
+    def _settle_rounds(self, target_id: str) -> None:
+        for round_ in self._rounds:
+            round_.waiting.discard(target_id)
+            if not round_.waiting and not round_.done.done():
+                round_.done.set_result(None)
 
     def _record(self, result: Result) -> None:
         if self.tracker.record_result(result):

@@ -16,7 +16,8 @@ import pytest
 import uvloop
 
 from exporter import __version__
-from exporter.checker import MAX_HEADER_BYTES, HTTPChecker, _ResponseHeadProtocol
+from exporter import checker as checker_module
+from exporter.checker import MAX_HEADER_BYTES, HTTPChecker, ResponseHead
 from exporter.model import FailureReason, Result, RetryConfig, Target
 from tests.servers import (
     LOOPBACK,
@@ -224,18 +225,19 @@ async def test_header_block_is_capped_at_16_kib(
     assert (result.reason, result.status_code) == (reason, 200)
 
 
-async def test_response_split_anywhere_across_reads_is_parsed() -> None:
+def test_response_split_anywhere_across_reads_is_parsed() -> None:
     response = b"HTTP/1.1 503 Busy\r\nRetry-After: 1\r\n\r\nbody"
-    loop = asyncio.get_running_loop()
+    end = response.index(b"\r\n\r\n") + 4
     for split in range(1, len(response)):
-        protocol = _ResponseHeadProtocol(b"", loop.create_future())
-        protocol.data_received(response[:split])
-        protocol.data_received(response[split:])
-        assert (protocol.done.done(), protocol.status, protocol.error) == (True, 503, None)
-    protocol = _ResponseHeadProtocol(b"", loop.create_future())
-    for byte in response:
-        protocol.data_received(bytes([byte]))
-    assert (protocol.done.done(), protocol.status, protocol.error) == (True, 503, None)
+        head = ResponseHead()
+        complete = head.feed(response[:split])
+        assert complete == (split >= end)
+        assert complete or head.feed(response[split:])
+        assert (head.status, head.error) == (503, None)
+    head = ResponseHead()
+    fed = [head.feed(bytes([byte])) for byte in response]
+    assert fed.index(True) == response.index(b"\r\n\r\n") + 3  # complete at the blank line
+    assert (head.status, head.error) == (503, None)
 
 
 # --- check: failures ------------------------------------------------------------------------
@@ -448,6 +450,51 @@ async def test_cancellation_before_the_check_starts_propagates(
     assert not server.path_hits
 
 
+# --- start: the callback engine under check ------------------------------------------------
+
+
+async def test_start_calls_back_once_and_never_from_within_start(
+    server: TargetServer, checker: HTTPChecker
+) -> None:
+    results: list[Result] = []
+    for target in (refused_target(), server.target("/bad path"), server.target("/health")):
+        checker.start(target, results.append)
+        assert results == []  # even a refusal known at once waits for the loop
+        await eventually(lambda: len(results) == 1)
+        await asyncio.sleep(0.05)
+        assert len(results) == 1
+        assert results.pop().target == target
+
+
+async def test_a_cancelled_start_never_calls_back_and_closes_its_connection(
+    server: TargetServer, checker: HTTPChecker
+) -> None:
+    results: list[Result] = []
+    checker.start(refused_target(), results.append).cancel()  # its result already on its way
+    probe = checker.start(server.target("/hang"), results.append)
+    await eventually(lambda: server.in_flight == 1)
+    probe.cancel()
+    await eventually(lambda: server.in_flight == 0)
+    await asyncio.sleep(0.05)
+    assert results == []
+
+
+async def test_many_checks_time_out_each_at_its_own_deadline(server: TargetServer) -> None:
+    """One timer serves every deadline: checks started at different times expire in turn."""
+    checker = HTTPChecker(timeout=0.3)
+    loop = asyncio.get_running_loop()
+    ended: dict[str, float] = {}
+    started: dict[str, float] = {}
+    for i in range(5):
+        target = server.target("/hang", target_id=f"h{i}")
+        started[target.id] = loop.time()
+        checker.start(target, lambda r: ended.setdefault(r.target.id, loop.time()))
+        await asyncio.sleep(0.1)
+    await eventually(lambda: len(ended) == 5)
+    for target_id, at in ended.items():  # uvloop's clock counts whole milliseconds
+        assert 0.3 - 0.002 <= at - started[target_id] < 1.0, target_id
+
+
 # --- check_with_retry -----------------------------------------------------------------------
 
 FAST_RETRY = RetryConfig(max_retries=5, initial_backoff=0.01, max_backoff=0.05)
@@ -608,8 +655,15 @@ async def check_every_outcome(total: int) -> None:
     [asyncio.new_event_loop, uvloop.new_event_loop],
     ids=["asyncio", "uvloop"],
 )
+@pytest.mark.parametrize("reactor", ["epoll", "loop"])
 def test_200_checks_of_every_outcome_leak_no_file_descriptors(
     loop_factory: Callable[[], asyncio.AbstractEventLoop],
+    reactor: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Also with sockets watched by the loop itself, as where there is no epoll; and an idle
+    checker's epoll instance is closed (the fd count falls back to the baseline)."""
+    if reactor == "loop":
+        monkeypatch.setattr(checker_module, "REACTOR", checker_module._Reactor)
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         runner.run(check_every_outcome(200))

@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import pytest
 
-from exporter.checker import HTTPChecker
+from exporter.checker import HTTPChecker, OnResult, Probe
 from exporter.model import Config, Result, Target, TargetState, default_config
 from exporter.monitor import HealthMonitor, phase_fraction
 from tests.servers import target_server, unused_port
@@ -51,10 +51,26 @@ class RecordingChecker(HTTPChecker):
     def __init__(self, timeout: float) -> None:
         super().__init__(timeout)
         self.starts: dict[str, list[float]] = defaultdict(list)
+        self.check_calls = 0
+
+    def start(
+        self, target: Target, on_done: OnResult, loop: asyncio.AbstractEventLoop | None = None
+    ) -> Probe:
+        self.starts[target.id].append(asyncio.get_running_loop().time())
+        return super().start(target, on_done, loop)
+
+
+class TaskRecordingChecker(RecordingChecker):
+    """The same with `check` overridden, which the monitor must call: a task per check."""
 
     async def check(self, target: Target) -> Result:
-        self.starts[target.id].append(asyncio.get_running_loop().time())
+        self.check_calls += 1
         return await super().check(target)
+
+
+CHECKERS = pytest.mark.parametrize(
+    "checker_class", [RecordingChecker, TaskRecordingChecker], ids=["callbacks", "tasks"]
+)
 
 
 def fast(**overrides: float) -> Config:
@@ -319,13 +335,14 @@ async def test_disabled_runs_no_checks_and_counts_every_target_healthy():
         await monitor.stop()
 
 
-async def test_hung_targets_never_delay_healthy_ones():
+@CHECKERS
+async def test_hung_targets_never_delay_healthy_ones(checker_class: type[RecordingChecker]):
     """5 targets hang past the timeout, 20 answer; the seed's cap of 10 checks in flight."""
     interval = 0.6
     async with target_server() as srv:
         hung = [srv.target("/hang", target_id=f"hung{i}") for i in range(5)]
         healthy = [srv.target(f"/t/ok{i}") for i in range(20)]
-        checker = RecordingChecker(timeout=0.4)
+        checker = checker_class(timeout=0.4)
         config = Config(interval=interval, timeout=0.4, max_concurrent=10)
         monitor = HealthMonitor(config, Provider(hung + healthy), Updater(), checker=checker)
         monitor.start()
@@ -335,6 +352,10 @@ async def test_hung_targets_never_delay_healthy_ones():
             lambda: all(len(checker.starts[t.id]) >= 4 for t in healthy), 10, "4 checks each"
         )
         await monitor.stop()
+    # Only an overridden `check` is called, and then for every check.
+    assert checker.check_calls == (
+        sum(map(len, checker.starts.values())) if checker_class is TaskRecordingChecker else 0
+    )
     for target in healthy:
         starts = [s for s in checker.starts[target.id] if s >= ready_at]
         gaps = [b - a for a, b in itertools.pairwise(starts)]
