@@ -183,6 +183,7 @@ class _Reactor:
     # -- the checks in flight ------------------------------------------------------------------
 
     def started(self, probe: Probe, deadline: float) -> None:
+        """`probe` began; it times out at `deadline`, a `time.perf_counter()` value."""
         self._active += 1
         if self._active == 1:
             self._awake()
@@ -191,7 +192,14 @@ class _Reactor:
             deadlines.popleft()
         deadlines.append((deadline, probe))
         if self._timer is None:
-            self._timer = self.loop.call_at(deadlines[0][0], self._expire)
+            self._arm(deadlines[0][0])
+
+    def _arm(self, deadline: float) -> None:
+        # Deadlines are kept on the precise clock: uvloop's loop.time() counts whole
+        # milliseconds from the start of the loop's iteration, so a check could end early. A
+        # timer that fires a little early is armed again, for at least a millisecond.
+        delay = max(deadline - time.perf_counter(), 0.001)
+        self._timer = self.loop.call_later(delay, self._expire)
 
     def ended(self) -> None:
         self._active -= 1
@@ -204,13 +212,13 @@ class _Reactor:
 
     def _expire(self) -> None:
         self._timer = None
-        now, deadlines = self.loop.time(), self._deadlines
+        now, deadlines = time.perf_counter(), self._deadlines
         while deadlines and (deadlines[0][1].finished or deadlines[0][0] <= now):
             _, probe = deadlines.popleft()
             if not probe.finished:
                 probe.time_out()  # may start other checks, which append to the deque
         if deadlines and self._timer is None:
-            self._timer = self.loop.call_at(deadlines[0][0], self._expire)
+            self._arm(deadlines[0][0])
 
     # -- the sockets ---------------------------------------------------------------------------
 
@@ -338,7 +346,7 @@ class Probe:
         self._started = time.perf_counter()
         self._head = ResponseHead()
         self._pending = b""  # request bytes not sent yet
-        self._sock: socket.socket | None = None
+        self._sock: socket.SocketType | None = None
         self._fd = -1
         self._watching: bool | None = None  # True: for reading, False: for writing
         self._connected = False  # a first byte of the request went out
@@ -349,7 +357,7 @@ class Probe:
         self._delivery: asyncio.Handle | None = None
         self._starting = True
         self.finished = False
-        reactor.started(self, reactor.loop.time() + checker.timeout)
+        reactor.started(self, self._started + checker.timeout)
         self._begin()
 
     def cancel(self) -> None:
@@ -417,7 +425,8 @@ class Probe:
 
     def _connect(self, family: int, address: tuple[object, ...]) -> None:
         try:
-            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+            # The C socket type: socket.socket's Python layer (makefile accounting) only costs.
+            sock = socket.SocketType(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         except OSError as exc:
             self._fail(exc)  # out of file descriptors: no other address would do better
             return

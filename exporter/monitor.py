@@ -119,6 +119,7 @@ class HealthMonitor:
         self._pending: set[str] = set()
         self._active: dict[str, _Cancellable] = {}
         self._rounds: list[_Round] = []
+        self._parked: dict[str, float] = {}  # id -> a slot skipped while its check ran
         self._http: HTTPChecker | None = None  # the checker, when it can run without tasks
         self._limit = max(config.max_concurrent, 1)
         self._heap: list[tuple[float, int, str]] = []
@@ -131,6 +132,7 @@ class HealthMonitor:
         self._loop: asyncio.AbstractEventLoop | None = None  # asyncio.get_running_loop() costs a
         # getpid() system call per call on Python 3.11: the hot path uses this instead
         self._waiter: asyncio.Future[None] | None = None
+        self._sleeping_until = -math.inf  # while the scheduler sleeps: when it will wake
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -186,6 +188,7 @@ class HealthMonitor:
         self._due.clear()
         self._queue.clear()
         self._pending.clear()
+        self._parked.clear()
         for round_ in self._rounds:  # whoever awaits force_check() gets control back
             if not round_.done.done():
                 round_.done.set_result(None)
@@ -277,12 +280,13 @@ class HealthMonitor:
                     continue  # removed or rescheduled since it was pushed
                 if target_id not in self.tracker:
                     continue
+                if target_id in self._pending:  # its last check has not ended: skip this slot,
+                    self.checks_skipped += 1  # and plan the next one when that check ends
+                    self._parked[target_id] = due
+                    continue
                 # Never queue up missed slots after a stall: the next slot is in the future.
                 self._schedule(target_id, self._next_slot(target_id, max(due, now - interval / 2)))
-                if target_id in self._pending:
-                    self.checks_skipped += 1
-                else:
-                    self._enqueue(target_id, due)
+                self._enqueue(target_id, due)
             self._start_queued()
             wake_at = min(heap[0][0] if heap else math.inf, self._next_sync)
             await self._sleep_until(max(wake_at, now + BATCH_WINDOW))
@@ -293,11 +297,13 @@ class HealthMonitor:
         assert loop is not None
         waiter = self._waiter = loop.create_future()
         handle = loop.call_at(when, self._wake)
+        self._sleeping_until = when
         try:
             await waiter
         finally:
             handle.cancel()
             self._waiter = None
+            self._sleeping_until = -math.inf
 
     def _next_slot(self, target_id: str, after: float) -> float:
         """The first slot of the target more than half an interval after `after`."""
@@ -328,6 +334,7 @@ class HealthMonitor:
         for target in changes.removed:
             self._due.pop(target.id, None)
             self._phase.pop(target.id, None)
+            self._parked.pop(target.id, None)
         for target in changes.added:
             if self._scheduling:
                 self._schedule(target.id, now)  # a new target is checked at once
@@ -405,6 +412,8 @@ class HealthMonitor:
         if self._active.pop(target_id, None) is None:
             return  # stopped since it started
         self._pending.discard(target_id)
+        if self._parked:
+            self._unpark(target_id)
         try:
             self._record(result)
         except Exception:  # e.g. a failing log handler: the next checks must still start
@@ -412,6 +421,20 @@ class HealthMonitor:
         if self._rounds:
             self._settle_rounds(target_id)
         self._start_queued()
+
+    def _unpark(self, target_id: str) -> None:
+        """Plan the next slot of a target whose slot came while its check ran; the slots that
+        passed meanwhile count as skipped, as the first one did."""
+        skipped_due = self._parked.pop(target_id, None)
+        if skipped_due is None or self._due.get(target_id) != skipped_due:
+            return  # not parked, or removed (and perhaps added again) since
+        assert self._loop is not None
+        interval = self.config.interval
+        due = self._next_slot(target_id, max(skipped_due, self._loop.time() - interval / 2))
+        self.checks_skipped += max(round((due - skipped_due) / interval) - 1, 0)
+        self._schedule(target_id, due)
+        if due < self._sleeping_until:  # the loop sleeps past this slot
+            self._wake()
 
     def _settle_rounds(self, target_id: str) -> None:
         for round_ in self._rounds:

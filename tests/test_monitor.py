@@ -414,6 +414,31 @@ async def test_a_slot_that_comes_while_the_previous_check_runs_is_skipped():
         await monitor.stop()
 
 
+async def test_slots_that_pass_while_a_check_runs_are_each_counted_as_skipped_once():
+    """Slots every 0.1 s, checks taking 0.35 s: every slot is either checked or skipped."""
+    interval = 0.1
+    async with target_server() as srv:
+        target = srv.target("/slow?delay=0.35", target_id="slow")
+        monitor = HealthMonitor(fast(interval=interval, timeout=2.0), Provider([target]), Updater())
+        monitor.start()
+        await monitor.wait_ready()
+        await wait_for(lambda: monitor.schedule_lag.count >= 1, what="a scheduled check")
+        loop = asyncio.get_running_loop()
+
+        def slots() -> tuple[float, int, int]:
+            return loop.time(), monitor.schedule_lag.count, monitor.checks_skipped
+
+        start = slots()
+        await wait_for(lambda: monitor.schedule_lag.count >= start[1] + 5, 10, "5 more checks")
+        end = slots()
+        await monitor.stop()
+    checked, skipped = end[1] - start[1], end[2] - start[2]
+    assert skipped >= 2 * checked - 2  # each check spans at least 3 slots (one its own)
+    # Skipped slots are counted when the check that outlasted them ends: at most 4 in arrears.
+    assert abs(checked + skipped - (end[0] - start[0]) / interval) <= 5
+    assert srv.max_in_flight == 1
+
+
 async def test_refused_target_goes_down_with_reason():
     target = Target("dead", "app", "127.0.0.1", str(unused_port()))
     monitor = HealthMonitor(fast(fall=2), Provider([target]), Updater())
