@@ -82,6 +82,9 @@ def repeated_phases(work: Path, target: HAProxyProcess, window: int) -> dict[str
         "saturated": partial(
             ours.saturated, work, target, SATURATED_TARGETS, SATURATED_INTERVAL, window
         ),
+        "saturated_asyncio": partial(
+            ours.saturated, work, target, SATURATED_TARGETS, SATURATED_INTERVAL, window, False
+        ),
     }
 
 

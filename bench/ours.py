@@ -87,11 +87,18 @@ def write_targets(path: Path, count: int) -> None:
     path.write_text(json.dumps(entries))
 
 
+# `python -m exporter` as if uvloop were not installed (an import of it then fails).
+WITHOUT_UVLOOP = (
+    "import sys; sys.modules['uvloop'] = None; import runpy; runpy.run_module('exporter')"
+)
+
+
 @contextlib.asynccontextmanager
 async def running_exporter(
-    work: Path, name: str, targets: int, interval: str
+    work: Path, name: str, targets: int, interval: str, uvloop: bool = True
 ) -> AsyncIterator[Exporter]:
-    """`python -m exporter` pinned to the measured core; yields once `/-/ready` (first round)."""
+    """`python -m exporter` pinned to the measured core; yields once `/-/ready` (first round).
+    With `uvloop` false, it runs on the standard asyncio loop although uvloop is installed."""
     targets_file = work / f"{name}-targets.json"
     write_targets(targets_file, targets)
     port = unused_port()
@@ -102,7 +109,7 @@ async def running_exporter(
             "HEALTHCHECK_LISTEN_ADDRESS": f"127.0.0.1:{port}",
         }
     )
-    argv = [sys.executable, "-m", "exporter"]
+    argv = [sys.executable, "-m", "exporter"] if uvloop else [sys.executable, "-c", WITHOUT_UVLOOP]
     # No decompression by the client: the gzip size on the wire is a figure we report.
     timeout = aiohttp.ClientTimeout(total=30)
     async with (
@@ -167,10 +174,16 @@ async def _measured(
 
 
 async def saturated(
-    work: Path, target: HAProxyProcess, targets: int, interval: str, seconds: float
+    work: Path,
+    target: HAProxyProcess,
+    targets: int,
+    interval: str,
+    seconds: float,
+    uvloop: bool = True,
 ) -> dict[str, Any]:
     """More checks asked for than one core can run: the checks/s it reaches, and CPU per check."""
-    async with running_exporter(work, "exporter-saturated", targets, interval) as exporter:
+    name = "exporter-saturated" if uvloop else "exporter-saturated-asyncio"
+    async with running_exporter(work, name, targets, interval, uvloop) as exporter:
         first, last, measured = await _measured(exporter, target, seconds, parse_duration(interval))
     checks = counted(first, last, CHECKS)
     check_rate = checks / (last.at - first.at)

@@ -153,6 +153,31 @@ def saturated_rows(results: Results) -> Iterator[Row]:
         )
 
 
+def event_loop_rows(results: Results) -> Iterator[Row]:
+    """The same saturated run on the standard asyncio loop: what uvloop adds."""
+    plain = results.get("saturated_asyncio", {})
+    _, rate_text = _paired_ratio(
+        results, ("saturated_asyncio", "checks_per_s"), ("saturated", "checks_per_s")
+    )
+    yield Row(
+        f"ours saturated on {plain.get('event_loop', 'asyncio')}: checks/s",
+        _num(plain.get("checks_per_s"), ",.0f", unit=" checks/s")
+        + _spread(results, "saturated_asyncio", "checks_per_s", ",.0f"),
+        "ours on uvloop",
+        rate_text,
+    )
+    _, cpu_text = _paired_ratio(
+        results, ("saturated_asyncio", "cpu_s_per_1000"), ("saturated", "cpu_s_per_1000")
+    )
+    yield Row(
+        f"ours saturated on {plain.get('event_loop', 'asyncio')}: CPU-s per 1,000 checks",
+        _num(plain.get("cpu_s_per_1000"), ".3f")
+        + _spread(results, "saturated_asyncio", "cpu_s_per_1000", ".3f"),
+        "ours on uvloop",
+        cpu_text,
+    )
+
+
 def scale_rows(results: Results, targets: int) -> Iterator[Row]:
     """Figures of one fleet size; the issue's goals apply at 10,000 targets."""
     s = results.get(f"scale_{targets}", {})
@@ -240,7 +265,7 @@ def scale_rows(results: Results, targets: int) -> Iterator[Row]:
 
 
 def rows(results: Results, scales: tuple[int, ...]) -> list[Row]:
-    out = [*anchor_rows(results), *saturated_rows(results)]
+    out = [*anchor_rows(results), *saturated_rows(results), *event_loop_rows(results)]
     for targets in scales:
         out.extend(scale_rows(results, targets))
     return out
