@@ -9,7 +9,7 @@ import math
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -390,6 +390,48 @@ async def test_slow_response_times_out(server: TargetServer) -> None:
     )
     assert result.error == "request failed: timed out after 0.1s"
     assert 0.1 <= result.duration < 0.5
+
+
+@contextlib.contextmanager
+def full_accept_queue() -> Iterator[socket.socket]:
+    """A listener whose accept queue is full, so the kernel drops new SYNs: a connect stays in
+    progress (as to a far or firewalled host) until the client retransmits its SYN (after 1 s)."""
+    with socket.socket() as listener, socket.socket() as filler:
+        listener.bind((LOOPBACK, 0))
+        listener.listen(0)  # one connection fits in the queue
+        filler.connect(listener.getsockname())
+        yield listener
+
+
+async def test_a_connect_that_stays_in_progress_times_out() -> None:
+    with full_accept_queue() as listener:
+        port = listener.getsockname()[1]
+        result = await HTTPChecker(timeout=0.3).check(Target("syn", ip=LOOPBACK, port=str(port)))
+    assert (result.reason, result.error) == (
+        FailureReason.TIMEOUT,
+        "request failed: timed out after 0.3s",
+    )
+
+
+async def test_a_connect_that_completes_late_sends_the_request_then() -> None:
+    loop = asyncio.get_running_loop()
+    with full_accept_queue() as listener:
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        check = asyncio.create_task(
+            HTTPChecker(timeout=5).check(Target("late", "", LOOPBACK, str(port)))
+        )
+        await asyncio.sleep(0.2)  # the check's SYN has been dropped by now
+        queued, _ = await loop.sock_accept(listener)  # the filler: room for the retransmit
+        queued.close()
+        client, _ = await loop.sock_accept(listener)
+        with client:
+            request = await loop.sock_recv(client, 4096)
+            await loop.sock_sendall(client, b"HTTP/1.1 204 No Content\r\n\r\n")
+            result = await check
+    assert request.startswith(b"GET /health HTTP/1.1\r\n")
+    assert (result.healthy, result.status_code) == (True, 204)
+    assert result.duration > 0.2
 
 
 async def test_hanging_server_times_out_and_the_connection_is_closed(
