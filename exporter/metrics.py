@@ -55,6 +55,7 @@ class Snapshot:
     check_durations: dict[str, HistogramSample]
     schedule_lag: HistogramSample
     checks_in_flight: int
+    checks_queued: int
     checks_skipped: int
     updater_calls: dict[str, int]
     provider_failures: int
@@ -79,6 +80,7 @@ def take_snapshot(
         },
         schedule_lag=_histogram_sample(monitor.schedule_lag),
         checks_in_flight=monitor.checks_in_flight,
+        checks_queued=monitor.checks_queued,
         checks_skipped=monitor.checks_skipped,
         updater_calls=dict(monitor.updater_calls),
         provider_failures=monitor.provider_failures,
@@ -156,6 +158,11 @@ class SnapshotCollector(Collector):
         yield targets
         yield GaugeMetricFamily(
             "healthcheck_checks_in_flight", "Checks running now.", value=snap.checks_in_flight
+        )
+        yield GaugeMetricFamily(
+            "healthcheck_checks_queued",
+            "Checks due and waiting for a free slot under HEALTHCHECK_MAX_CONCURRENT.",
+            value=snap.checks_queued,
         )
         yield CounterMetricFamily(
             "healthcheck_checks_skipped",

@@ -185,11 +185,24 @@ async def test_sigterm_shuts_down_cleanly_within_a_second():
         env = {
             **FAST,
             "HEALTHCHECK_TIMEOUT": "30s",
-            "HEALTHCHECK_TARGETS": f"web=127.0.0.1:{srv.port}/hang api=127.0.0.1:{srv.port}",
+            "HEALTHCHECK_TARGETS": (
+                f"web=127.0.0.1:{srv.port}/hang api=127.0.0.1:{srv.port}"
+                f" db=127.0.0.1:{srv.port}/hang cache=127.0.0.1:{srv.port}/hang"
+            ),
+            "HEALTHCHECK_MAX_CONCURRENT": "2",
         }
         for sig in (signal.SIGTERM, signal.SIGINT):
             async with exporter(env, ready=False) as proc:
-                await proc.wait_for_metrics(lambda b: value(b, "healthcheck_checks_in_flight") == 1)
+                # Three hang: two hold both slots, the third waits for one.
+                await proc.wait_for_metrics(
+                    lambda b: (
+                        (
+                            value(b, "healthcheck_checks_in_flight"),
+                            value(b, "healthcheck_checks_queued"),
+                        )
+                        == (2, 1)
+                    )
+                )
                 started = time.monotonic()
                 proc.proc.send_signal(sig)
                 code = await asyncio.wait_for(proc.proc.wait(), 5)
