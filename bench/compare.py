@@ -2,12 +2,14 @@
 and HAProxy's own checks, on one fast HAProxy target, in one run on this machine.
 
     .venv/bin/python -m bench.compare [--rounds 3] [--window 10] [--quiet 30] [--scrapes 16]
+                                      [--only saturated,wrk,...]
 
 Core 0 runs only the process being measured (wrk, blackbox_exporter, HAProxy's checker, our
 exporter, one at a time); the target HAProxy, the load generators and this script share core 1.
 CPU figures come from the measured process's own /proc/<pid>/stat, so clients never count.
 Loopback only; bounded to 10 minutes; every process started is stopped, also on error.
-Prints one table and writes it as JSON to bench/results/compare-<date>.json and latest.json.
+Prints one table and writes it as JSON to bench/results/compare-<date>.json and, unless `--only`
+picked some phases, latest.json.
 """
 
 from __future__ import annotations
@@ -40,6 +42,15 @@ SATURATED_TARGETS, SATURATED_INTERVAL = 2000, "100ms"  # 20,000 checks/s asked: 
 SCALES = (1_000, 10_000)
 
 Phase = Callable[[], Awaitable[dict[str, Any]]]
+PHASES = (
+    "wrk",
+    "blackbox",
+    "haproxy",
+    "saturated",
+    "saturated_asyncio",
+    "genlatest",
+    *(f"scale_{n}" for n in SCALES),
+)
 
 
 class Progress:
@@ -97,6 +108,10 @@ def single_phases(work: Path, target: HAProxyProcess, args: argparse.Namespace) 
     return plan
 
 
+def picked(phases: dict[str, Phase], only: frozenset[str] | None) -> dict[str, Phase]:
+    return phases if only is None else {k: v for k, v in phases.items() if k in only}
+
+
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Median of every number over the rounds; the rounds themselves are kept under `runs`."""
     summary: dict[str, Any] = {}
@@ -124,11 +139,13 @@ async def measure_all(
                 )
                 async with target_farm(work) as target:
                     for n in range(1, args.rounds + 1):
-                        for name, phase in repeated_phases(work, target, args.window).items():
+                        for name, phase in picked(
+                            repeated_phases(work, target, args.window), args.only
+                        ).items():
                             label = f"{name} (round {n}/{args.rounds})"
                             if (result := await run_phase(label, phase, errors, say)) is not None:
                                 runs.setdefault(name, []).append(result)
-                    for name, phase in single_phases(work, target, args).items():
+                    for name, phase in picked(single_phases(work, target, args), args.only).items():
                         if (result := await run_phase(name, phase, errors, say)) is not None:
                             results[name] = result
     except TimeoutError:
@@ -180,11 +197,11 @@ def source_state() -> dict[str, Any]:
     }
 
 
-def write_json(document: dict[str, Any], stamp: str) -> Path:
+def write_json(document: dict[str, Any], stamp: str, complete: bool) -> Path:
     RESULTS_DIR.mkdir(exist_ok=True)
     text = json.dumps(document, indent=2) + "\n"
     path = RESULTS_DIR / f"compare-{stamp}.json"
-    for out in (path, RESULTS_DIR / "latest.json"):
+    for out in (path, RESULTS_DIR / "latest.json") if complete else (path,):
         tmp = out.with_suffix(".json.tmp")  # bench/results/*.tmp is git-ignored
         tmp.write_text(text)
         tmp.replace(out)
@@ -197,7 +214,19 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--window", type=int, default=10, help="seconds of each of their windows")
     parser.add_argument("--quiet", type=float, default=30.0, help="seconds left alone at 1k/10k")
     parser.add_argument("--scrapes", type=int, default=16, help="scrapes, 1 s apart, at 1k/10k")
+    parser.add_argument(
+        "--only",
+        type=phase_names,
+        help=f"run only these phases, comma-separated: {', '.join(PHASES)}",
+    )
     return parser.parse_args()
+
+
+def phase_names(text: str) -> frozenset[str]:
+    names = frozenset(name.strip() for name in text.split(",") if name.strip())
+    if unknown := sorted(names - set(PHASES)):
+        raise argparse.ArgumentTypeError(f"unknown phase(s) {', '.join(unknown)}")
+    return names
 
 
 def pin_self() -> None:
@@ -226,15 +255,20 @@ async def main_async(args: argparse.Namespace, say: Progress) -> int:
         "duration_s": round(time.monotonic() - say.start, 1),
         "machine": machine(),
         "source": source_state(),
-        "settings": {**vars(args), "budget_s": BUDGET_S, "scales": SCALES},
+        "settings": {
+            **vars(args),
+            "only": sorted(args.only) if args.only else None,
+            "budget_s": BUDGET_S,
+            "scales": SCALES,
+        },
         "results": results,
         "errors": errors,
         "goals": report.goals(table),
         "table": text,
         "notes": report.NOTES,
     }
-    path = write_json(document, stamp)
-    say(f"written to {path} and {RESULTS_DIR / 'latest.json'}")
+    path = write_json(document, stamp, complete=args.only is None)
+    say(f"written to {path}" + ("" if args.only else f" and {RESULTS_DIR / 'latest.json'}"))
     return 1 if errors else 0
 
 
