@@ -183,10 +183,11 @@ class _Reactor:
     # -- the checks in flight ------------------------------------------------------------------
 
     def started(self, probe: Probe, deadline: float) -> None:
-        """`probe` began; it times out at `deadline`, a `time.perf_counter()` value."""
-        self._active += 1
-        if self._active == 1:
+        """`probe` began; it times out at `deadline`, a `time.perf_counter()` value. Raises
+        OSError, having counted nothing, when the reactor cannot wake (no fd left)."""
+        if self._active == 0:
             self._awake()
+        self._active += 1
         deadlines = self._deadlines
         while deadlines and deadlines[0][1].finished:  # keep only from the oldest one running
             deadlines.popleft()
@@ -287,8 +288,13 @@ class _EpollReactor(_Reactor):
 
     def _awake(self) -> None:
         if self._epoll is None:
-            self._epoll = select.epoll()
-            self.loop.add_reader(self._epoll.fileno(), self._dispatch)
+            epoll = select.epoll()
+            try:
+                self.loop.add_reader(epoll.fileno(), self._dispatch)
+            except BaseException:
+                epoll.close()
+                raise
+            self._epoll = epoll
 
     def _idle(self) -> None:
         if self._sleeper is None and self._epoll is not None:
@@ -357,7 +363,13 @@ class Probe:
         self._delivery: asyncio.Handle | None = None
         self._starting = True
         self.finished = False
-        reactor.started(self, self._started + checker.timeout)
+        try:
+            reactor.started(self, self._started + checker.timeout)
+        except OSError as exc:  # no file descriptor left for the reactor's epoll instance
+            self.finished = True
+            self._failure = exc
+            self._deliver(self._result())
+            return
         self._begin()
 
     def cancel(self) -> None:
@@ -520,6 +532,9 @@ class Probe:
         if self.finished:
             return
         self._end()
+        self._deliver(self._result())
+
+    def _result(self) -> Result:
         duration = time.perf_counter() - self._started
         target, status = self._target, self._head.status
         failure = self._failure or self._head.error
@@ -529,16 +544,14 @@ class Probe:
             reason, error = None, None
         else:
             reason, error = FailureReason.HTTP_STATUS, f"unhealthy status code: {status}"
-        self._deliver(
-            Result(
-                target=target,
-                healthy=reason is None,
-                status_code=status,
-                error=error,
-                duration=duration,
-                reason=reason,
-                checked_at=time.time(),
-            )
+        return Result(
+            target=target,
+            healthy=reason is None,
+            status_code=status,
+            error=error,
+            duration=duration,
+            reason=reason,
+            checked_at=time.time(),
         )
 
     def _deliver(self, result: Result) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import math
 import os
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -644,6 +646,73 @@ async def test_check_all_cancellation_closes_every_connection(server: TargetServ
         await task
     await eventually(lambda: server.in_flight == 0)
     assert server.path_hits["/hang"] == 2
+
+
+# --- out of file descriptors ----------------------------------------------------------------
+
+OUT_OF_FDS = """
+import asyncio, collections, json, resource, sys
+from exporter.checker import HTTPChecker
+from exporter.model import Target
+
+async def main():
+    port = sys.argv[2]
+    hog = []  # every descriptor taken: not even the checker's epoll instance can be made
+    try:
+        while True:
+            hog.append(open("/dev/null"))
+    except OSError:
+        pass
+    starved = await HTTPChecker(timeout=0.5).check(Target("s", "", "127.0.0.1", port, "/health"))
+    for f in hog:
+        f.close()
+    hang = [Target(f"h{i}", "", "127.0.0.1", port, "/hang") for i in range(60)]
+    checker = HTTPChecker(timeout=0.5)
+    results = await checker.check_all(hang, max_concurrent=60)
+    after = await checker.check(Target("ok", "", "127.0.0.1", port, "/health"))
+    errors = [r.error for r in results if r.reason == "other"]
+    print(json.dumps({
+        "reasons": collections.Counter(str(r.reason) for r in results),
+        "error": errors[0] if errors else None,
+        "after": after.healthy,
+        "starved": [str(starved.reason), starved.error],
+    }))
+
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (40, hard))
+if sys.argv[1] == "uvloop":
+    import uvloop
+    uvloop.run(main())
+else:
+    asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("loop_name", ["asyncio", "uvloop"])
+async def test_out_of_file_descriptors_fails_those_checks_and_recovers(
+    server: TargetServer, loop_name: str
+) -> None:
+    """With a 40-fd limit, 60 hanging checks at once: those without a socket fail at once with
+    the OS's reason, the rest time out, and the next check works. With no fd at all, a check
+    fails the same way rather than raising."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        OUT_OF_FDS,
+        loop_name,
+        str(server.port),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(child.communicate(), 30)
+    assert child.returncode == 0, err.decode()
+    report = json.loads(out.decode().splitlines()[-1])
+    assert report["reasons"]["other"] > 0 and report["reasons"]["timeout"] > 0, report
+    assert sum(report["reasons"].values()) == 60
+    assert report["error"] == "request failed: [Errno 24] Too many open files"
+    assert report["after"] is True
+    assert report["starved"] == ["other", "request failed: [Errno 24] Too many open files"]
+    assert "Traceback" not in err.decode()
 
 
 # --- every outcome, under both event loops, without leaking file descriptors -----------------
