@@ -580,6 +580,9 @@ class HTTPChecker:
     cancellation raises `asyncio.CancelledError` instead of returning a result; every failure also
     carries a `FailureReason`; a path, host or port that cannot be sent unaltered is refused
     without connecting (Go would percent-encode some of these).
+
+    A checker keeps the sockets of its checks in flight in one epoll instance for the event loop
+    it runs on: use it from one loop at a time (one after another is fine).
     """
 
     __slots__ = ("_reactor", "_request_tail", "_timeout")
