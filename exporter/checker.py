@@ -499,10 +499,14 @@ class Probe:
         """Be called back when the socket is readable (the response) or writable (the request)."""
         if self._watching is reading:
             return
-        if self._watching is None:
-            self._reactor.watch(self._fd, self, reading)
-        else:
-            self._reactor.rewatch(self._fd, self, reading)
+        try:
+            if self._watching is None:
+                self._reactor.watch(self._fd, self, reading)
+            else:
+                self._reactor.rewatch(self._fd, self, reading)
+        except OSError as exc:  # e.g. ENOSPC: fs.epoll.max_user_watches reached
+            self._fail(exc)
+            return
         self._watching = reading
 
     # -- the end -------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import json
 import math
@@ -713,6 +714,28 @@ async def test_out_of_file_descriptors_fails_those_checks_and_recovers(
     assert report["after"] is True
     assert report["starved"] == ["other", "request failed: [Errno 24] Too many open files"]
     assert "Traceback" not in err.decode()
+
+
+async def test_a_socket_the_os_will_not_watch_fails_that_check(
+    server: TargetServer, checker: HTTPChecker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """epoll_ctl can refuse (ENOSPC once fs.epoll.max_user_watches is reached): that check
+    fails with the OS's reason and closes its socket; nothing raises. Simulated: the limit is
+    system-wide and not ours to lower in a test."""
+
+    def refuse(*_: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    baseline = open_fd_count()
+    monkeypatch.setattr(checker_module._EpollReactor, "watch", refuse)
+    result = await checker.check(server.target("/health"))
+    assert (result.reason, result.error) == (
+        FailureReason.OTHER,
+        "request failed: [Errno 28] No space left on device",
+    )
+    monkeypatch.undo()
+    assert (await checker.check(server.target("/health"))).healthy
+    await eventually(lambda: open_fd_count() <= baseline)
 
 
 # --- every outcome, under both event loops, without leaking file descriptors -----------------
