@@ -57,6 +57,10 @@ class _ResponseError(Exception):
         self.reason = reason
 
 
+class _InvalidRequest(Exception):
+    """A target that cannot be put in a request unaltered: refused before connecting."""
+
+
 def _parse_status_line(line: bytes) -> int:
     """The status code of `HTTP/1.x NNN[ reason]`, or 0 when the line is not of that form."""
     if (
@@ -135,6 +139,8 @@ def _describe_failure(exc: Exception, target: Target, timeout: float) -> tuple[F
     """The reason and the human message (prefixed as in the seed) for a failed request."""
     if isinstance(exc, _ResponseError):
         return exc.reason, f"request failed: {exc}"
+    if isinstance(exc, _InvalidRequest):  # no request was made: no "request failed" prefix
+        return FailureReason.OTHER, str(exc)
     if isinstance(exc, TimeoutError):  # before OSError, of which it is a subclass
         return FailureReason.TIMEOUT, f"request failed: timed out after {timeout:g}s"
     if isinstance(exc, socket.gaierror):
@@ -395,17 +401,7 @@ class Probe:
         target = self._target
         invalid = _invalid_request(target)
         if invalid is not None:
-            self._end()
-            self._deliver(
-                Result(
-                    target=target,
-                    healthy=False,
-                    error=invalid,
-                    duration=time.perf_counter() - self._started,
-                    reason=FailureReason.OTHER,
-                    checked_at=time.time(),
-                )
-            )
+            self._fail(_InvalidRequest(invalid))
         else:
             self._pending = self._checker.request_for(target)
             port = int(target.port)
