@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.procs import HELPER_CORE, MEASURED_CORE
+from bench.procs import MEASURED_CORE, pin_self
 from bench.target import endpoints, target_farm
 from exporter.checker import HTTPChecker
 from exporter.model import Target
@@ -87,7 +87,6 @@ def child(loop_name: str, concurrency: int, seconds: float) -> None:
 
 
 async def run(concurrency: int, seconds: float) -> dict[str, Any]:
-    os.sched_setaffinity(0, {HELPER_CORE})
     with tempfile.TemporaryDirectory(prefix="bench-checker-") as tmp:
         async with target_farm(Path(tmp)):
             return {
@@ -105,6 +104,7 @@ def main() -> None:
     if args.child:
         child(args.child, args.concurrency, args.seconds)
         return
+    pin_self()
     results = asyncio.run(run(args.concurrency, args.seconds))
     for name, figures in results.items():
         print(

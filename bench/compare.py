@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import anchors, ours, report
-from bench.procs import HELPER_CORE, MEASURED_CORE, ensure_tools, which
+from bench.procs import HELPER_CORE, ensure_tools, pin_self, which
 from bench.target import MAX_TARGETS, HAProxyProcess, haproxy_path, target_farm
 
 RESULTS_DIR = Path(__file__).parent / "results"
@@ -227,14 +227,6 @@ def phase_names(text: str) -> frozenset[str]:
     if unknown := sorted(names - set(PHASES)):
         raise argparse.ArgumentTypeError(f"unknown phase(s) {', '.join(unknown)}")
     return names
-
-
-def pin_self() -> None:
-    """Keep this script (and the clients it runs) off the measured core."""
-    available = os.sched_getaffinity(0)
-    if not {MEASURED_CORE, HELPER_CORE} <= available:
-        raise SystemExit(f"bench: needs cores {MEASURED_CORE} and {HELPER_CORE}; has {available}")
-    os.sched_setaffinity(0, {HELPER_CORE})
 
 
 async def main_async(args: argparse.Namespace, say: Progress) -> int:

@@ -54,6 +54,14 @@ def _apt(args: list[str], sudo: list[str]) -> None:
         raise SystemExit(f"bench: apt-get {' '.join(args)} failed:\n" + "\n".join(tail))
 
 
+def pin_self() -> None:
+    """Keep this script (and the clients it runs) off the measured core."""
+    available = os.sched_getaffinity(0)
+    if not {MEASURED_CORE, HELPER_CORE} <= available:
+        raise SystemExit(f"bench: needs cores {MEASURED_CORE} and {HELPER_CORE}; has {available}")
+    os.sched_setaffinity(0, {HELPER_CORE})
+
+
 def ensure_tools() -> None:
     """apt-get install wrk and prometheus-blackbox-exporter when missing, without starting the
     blackbox service (a policy-rc.d that forbids it, as scripts/test.sh does); else exit."""
