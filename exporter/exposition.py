@@ -64,7 +64,7 @@ CHECKS = Family(
     "counter",
     "Checks of the target by result: success or the failure reason (timeout, "
     "connection_refused, connection_reset, http_status, dns, protocol_error, "
-    "network_unreachable, other).",
+    "network_unreachable, tls, body_mismatch, local_resources, other).",
 )
 TRANSITIONS = Family(
     "healthcheck_state_transitions",

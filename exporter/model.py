@@ -43,15 +43,58 @@ def default_retry_config() -> RetryConfig:
     return RetryConfig()
 
 
+DEFAULT_EXPECT_STATUS: tuple[tuple[int, int], ...] = ((200, 399),)
+"""Status codes judged healthy by default: 2xx and 3xx, as HAProxy's and the seed's checks."""
+
+
+@dataclass(frozen=True, slots=True)
+class CheckOptions:
+    """How one target is checked, beyond its address and path: one validated, immutable value.
+
+    Every field's default is the plain check of the seed (`GET`, healthy on 2xx/3xx), so a target
+    without options compares equal to `DEFAULT_CHECK_OPTIONS` and the plain-HTTP path can test
+    for it once. Timing fields are None where the exporter-wide value applies. Validation lives
+    with the parsers (`exporter.targets`), never here: a CheckOptions is always valid.
+    """
+
+    scheme: str = "http"  # http, https or tcp
+    method: str = "GET"
+    host: str | None = None  # the Host header; None: the target's address
+    headers: tuple[tuple[str, str], ...] = ()  # extra request headers, in order
+    body: str | None = None  # request body, sent with Content-Length
+    expect_status: tuple[tuple[int, int], ...] = DEFAULT_EXPECT_STATUS  # inclusive ranges
+    expect_body: str | None = None  # a regular expression searched in the first 16 KiB
+    tls_server_name: str | None = None  # SNI and verified name; None: derived (see checks.tls)
+    tls_insecure_skip_verify: bool = False
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_min_version: str = "TLS12"  # TLS12 or TLS13
+    interval: float | None = None
+    timeout: float | None = None
+    fall: int | None = None
+    rise: int | None = None
+    fastinter: float | None = None
+    downinter: float | None = None
+
+
+DEFAULT_CHECK_OPTIONS = CheckOptions()
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
-    """A backend to health check (seed: `Target`). `ip` may also be a hostname."""
+    """A backend to health check (seed: `Target`). `ip` may also be a hostname.
+
+    `options` is not in the seed: how the target is checked (scheme, method, expectations,
+    TLS, per-target timing).
+    """
 
     id: str
     app_name: str = ""
     ip: str = ""
     port: str = ""
     health_check_path: str = "/health"
+    options: CheckOptions = DEFAULT_CHECK_OPTIONS
 
     @property
     def address(self) -> str:
@@ -61,7 +104,9 @@ class Target:
 
     @property
     def url(self) -> str:
-        return f"http://{self.address}{self.health_check_path}"
+        if self.options.scheme == "tcp":
+            return f"tcp://{self.address}"
+        return f"{self.options.scheme}://{self.address}{self.health_check_path}"
 
 
 class FailureReason(enum.StrEnum):
@@ -74,6 +119,11 @@ class FailureReason(enum.StrEnum):
     DNS = "dns"
     PROTOCOL_ERROR = "protocol_error"
     NETWORK_UNREACHABLE = "network_unreachable"
+    TLS = "tls"  # handshake or certificate verification failed
+    BODY_MISMATCH = "body_mismatch"  # expect_body did not match the start of the body
+    # The exporter itself lacked a resource (file descriptors, memory, epoll watches): says
+    # nothing about the target, so the state machine does not count it against the target.
+    LOCAL_RESOURCES = "local_resources"
     OTHER = "other"
 
 
@@ -83,6 +133,8 @@ class Result:
 
     `status_code` is 0 when no HTTP status line was received. `reason` is None exactly when
     `healthy` is true. `checked_at` is the wall-clock time (Unix seconds) the check ended.
+    `tls_not_after` is the NotAfter (Unix seconds) of the leaf certificate the server presented,
+    verified or not; `tls_resumed` whether the TLS session was resumed; both None without TLS.
     """
 
     target: Target
@@ -92,6 +144,8 @@ class Result:
     duration: float = 0.0
     reason: FailureReason | None = None
     checked_at: float = 0.0
+    tls_not_after: float | None = None
+    tls_resumed: bool | None = None
 
 
 class TargetState(enum.IntEnum):

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exporter.model import FailureReason, Result, Target, TargetState
-from exporter.state import StateTracker
+from exporter.model import CheckOptions, FailureReason, Result, Target, TargetState
+from exporter.state import HISTORY_LENGTH, StateTracker
 
 
 def ok(target: Target) -> Result:
@@ -208,3 +208,87 @@ def test_state_follows_fall_rise_model(fall: int, rise: int, outcomes: list[bool
         assert tracker.get_state("a") is (TargetState.HEALTHY if healthy else TargetState.UNHEALTHY)
     _, n_healthy, n_unhealthy = tracker.get_stats()
     assert (n_healthy, n_unhealthy) == ((1, 0) if healthy else (0, 1))
+
+
+# --- beyond the seed: initial state, per-target thresholds, progress, history, version -------
+
+
+def test_initial_state_unhealthy_needs_rise_successes():
+    tracker = StateTracker(3, 2, initial_state=TargetState.UNHEALTHY)
+    tracker.sync_targets([A])
+    assert tracker.get_state("a") is TargetState.UNHEALTHY
+    assert tracker.get_stats() == (1, 0, 1)
+    assert tracker.record_result(ok(A)) is False
+    assert tracker.record_result(ok(A)) is True
+    assert tracker.get_stats() == (1, 1, 0)
+
+
+def test_target_options_override_fall_and_rise():
+    quick = Target("q", options=CheckOptions(fall=1, rise=5))
+    tracker = StateTracker(3, 2)
+    tracker.sync_targets([quick])
+    assert tracker.record_result(fail(quick)) is True
+    for _ in range(4):
+        assert tracker.record_result(ok(quick)) is False
+    assert tracker.record_result(ok(quick)) is True
+
+
+def test_progress_reads_as_haproxy_stats_page():
+    tracker = StateTracker(3, 2)
+    tracker.sync_targets([A])
+    entry = tracker.get_entry("a")
+    assert entry is not None and entry.progress == "UP"
+    tracker.record_result(fail(A))
+    assert entry.progress == "UP 1/3"
+    tracker.record_result(fail(A))
+    tracker.record_result(fail(A))
+    assert entry.progress == "DOWN"
+    tracker.record_result(ok(A))
+    assert entry.progress == "DOWN 1/2"
+
+
+def test_local_resource_failures_never_count_against_the_target():
+    tracker = StateTracker(1, 1)
+    tracker.sync_targets([A])
+    entry = tracker.get_entry("a")
+    assert entry is not None
+    for _ in range(5):
+        assert tracker.record_result(fail(A, FailureReason.LOCAL_RESOURCES)) is False
+    assert entry.state is TargetState.HEALTHY
+    assert (entry.consecutive_failures, entry.checked) == (0, False)
+    assert entry.checks == {"local_resources": 5}
+    assert entry.results() == ["local_resources"] * 5
+
+
+def test_history_keeps_the_last_thirty_results_oldest_first():
+    tracker = StateTracker(100, 1)
+    tracker.sync_targets([A])
+    for _ in range(HISTORY_LENGTH):
+        tracker.record_result(fail(A, FailureReason.TIMEOUT))
+    tracker.record_result(ok(A))
+    entry = tracker.get_entry("a")
+    assert entry is not None
+    assert entry.results() == ["timeout"] * (HISTORY_LENGTH - 1) + ["success"]
+
+
+def test_version_grows_on_visible_changes_only():
+    tracker = StateTracker(3, 2)
+    tracker.sync_targets([A])
+    after_add = tracker.version
+    assert after_add > 0
+    tracker.record_result(ok(A))  # checked flips
+    checked = tracker.version
+    assert checked > after_add
+    tracker.record_result(ok(A))  # healthy and still UP: nothing a viewer would see
+    assert tracker.version == checked
+    tracker.record_result(fail(A))  # UP 1/3
+    assert tracker.version > checked
+
+
+def test_last_change_is_the_time_of_the_flipping_result():
+    tracker = StateTracker(1, 1)
+    tracker.sync_targets([A])
+    entry = tracker.get_entry("a")
+    assert entry is not None and entry.last_change is None
+    tracker.record_result(Result(A, healthy=False, reason=FailureReason.TIMEOUT, checked_at=42.0))
+    assert entry.last_change == 42.0
