@@ -22,6 +22,9 @@ class Config:
     rise: int = 2  # consecutive successes that mark an unhealthy target healthy
     timeout: float = 5.0  # per-check timeout in seconds
     max_concurrent: int = 100  # checks in flight at once (not in the seed, which fixes 10)
+    # HAProxy's fastinter/downinter (not in the seed); None: the interval.
+    fastinter: float | None = None  # interval while in transition (going down or coming back)
+    downinter: float | None = None  # interval while unhealthy
 
 
 def default_config() -> Config:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 import jinja2
 from aiohttp import web
 
+from exporter.checks.options import OptionValues, parse_check_defaults
 from exporter.haproxy.updater import HAProxyOptions, HAProxyUpdater
 from exporter.metrics import ReloadStats, build_labels, take_snapshot
 from exporter.model import ConfigUpdater, Target, TargetProvider
@@ -48,11 +49,23 @@ def target_source(settings: Settings) -> TargetSource:
     return source
 
 
+def check_defaults(settings: Settings) -> OptionValues:
+    """The options of `HEALTHCHECK_CHECK_DEFAULTS` (validated with the settings already)."""
+    if settings.check_defaults is None:
+        return {}
+    try:
+        return parse_check_defaults(settings.check_defaults)
+    except ValueError as exc:  # a TLS file that went away since the settings were loaded
+        raise ConfigError(f"HEALTHCHECK_CHECK_DEFAULTS: {exc}") from None
+
+
 def _unsharded_source(settings: Settings) -> TargetSource:
+    defaults = check_defaults(settings)
     if settings.targets is not None:
-        return TargetSource(StaticTargetProvider(parse_targets_env(settings.targets)))
+        targets = parse_targets_env(settings.targets, defaults=defaults)
+        return TargetSource(StaticTargetProvider(targets))
     if settings.targets_file is not None:
-        provider = FileTargetProvider(settings.targets_file, logger)
+        provider = FileTargetProvider(settings.targets_file, logger, defaults=defaults)
         provider.load_initial()
         return TargetSource(provider, provider)
     raise ConfigError(

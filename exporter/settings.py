@@ -50,6 +50,24 @@ def quoted(value: object, limit: int = 80) -> str:
     return repr(value)
 
 
+def type_name(value: object) -> str:
+    """What a decoded JSON/YAML value is, in the words of an error message (`a string`)."""
+    match value:
+        case None:
+            return "null"
+        case bool():
+            return "a boolean"
+        case int() | float():
+            return "a number"
+        case str():
+            return "a string"
+        case list():
+            return "a list"
+        case dict():
+            return "an object"
+    return type(value).__name__
+
+
 # --- durations -----------------------------------------------------------------------------------
 
 _NANOSECONDS_PER_UNIT = {
@@ -309,6 +327,21 @@ class Settings(BaseSettings):
         " hashmod), so n replicas split a fleet with no coordination.",
     )
 
+    # Per-target check options and HAProxy-style timing (issue 12, options).
+    fastinter: Duration | None = Field(
+        default=None,
+        description="Interval of a target in transition (a failure seen, fall not reached; or"
+        " down with a success seen, rise not reached); unset: the interval.",
+    )
+    downinter: Duration | None = Field(
+        default=None, description="Interval of an unhealthy target; unset: the interval."
+    )
+    check_defaults: str | None = Field(
+        default=None,
+        description="JSON object of check options (scheme, method, host, headers, expect_status,"
+        " tls_*, interval, ...) for every target that does not set them itself.",
+    )
+
     haproxy_config: Path | None = Field(
         default=None,
         description="HAProxy config fragment to keep in step with health (one backend per app);"
@@ -402,6 +435,16 @@ class Settings(BaseSettings):
             raise ValueError(f"set only one of {ENV_PREFIX}TARGETS and {ENV_PREFIX}TARGETS_FILE")
         return self
 
+    @field_validator("check_defaults")
+    @classmethod
+    def _check_check_defaults(cls, value: str | None) -> str | None:
+        # Imported here: the options module validates timing keys against these very fields.
+        from exporter.checks.options import parse_check_defaults
+
+        if value is not None:
+            parse_check_defaults(value)
+        return value
+
     @field_validator("shard")
     @classmethod
     def _check_shard(cls, value: str | None) -> str | None:
@@ -468,6 +511,8 @@ class Settings(BaseSettings):
             rise=self.rise,
             timeout=self.timeout,
             max_concurrent=self.max_concurrent,
+            fastinter=self.fastinter,
+            downinter=self.downinter,
         )
 
 
@@ -538,6 +583,11 @@ def _check_variable_names(environ: Mapping[str, str]) -> None:
         if upper in seen:
             raise ConfigError(f"{key}: set twice with different case (also as {seen[upper]})")
         seen[upper] = key
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """A pydantic error about one value (no variable name) in the words of a setting's error."""
+    return "; ".join(_describe_error(error) for error in exc.errors())
 
 
 def _describe_error(error: ErrorDetails) -> str:

@@ -2,12 +2,16 @@
 
 Every field is validated before a `Target` exists. `app` and `id` end up in HAProxy config files,
 so they are limited to `[A-Za-z0-9._:-]`; paths end up in HTTP request lines, so they are limited
-to printable ASCII without spaces. Errors are `ConfigError`s naming the source and the entry.
+to printable ASCII without spaces. Check options (`exporter.checks.options`) are validated the
+same way and laid over `HEALTHCHECK_CHECK_DEFAULTS` (`defaults`). Errors are `ConfigError`s naming
+the source, the entry and the key.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import difflib
 import json
 import logging
 import os
@@ -19,7 +23,16 @@ from pathlib import Path
 
 import yaml
 
-from exporter.model import Target
+from exporter.checks.options import (
+    LABEL_KEYS,
+    OPTION_KEYS,
+    SCHEMES,
+    OptionValues,
+    build_options,
+    merge_options,
+    option_values,
+)
+from exporter.model import DEFAULT_CHECK_OPTIONS, CheckOptions, Target
 from exporter.settings import (
     ConfigError,
     check_host,
@@ -28,6 +41,7 @@ from exporter.settings import (
     quoted,
     split_host_port,
 )
+from exporter.settings import type_name as _type_name
 
 DEFAULT_HEALTH_CHECK_PATH = "/health"
 
@@ -35,28 +49,13 @@ _NAME = re.compile(r"[A-Za-z0-9._:-]{1,253}")
 _PATH_MAX_LENGTH = 1024
 _PATH = re.compile(r"/[\x21-\x7e]*")
 _OBJECT_KEYS = ("app", "id", "ip", "path", "port")
+_GROUP_LABELS = ("app", "id", "path")  # file_sd labels that are target fields, not options
+_DEFAULT_PORTS = {"http": "80", "https": "443"}  # when a compact entry names its scheme
 _GROUP_KEYS = ("labels", "targets")
 _COMPACT_SEPARATORS = re.compile(r"[\s,]+")
 
 
 # --- fields --------------------------------------------------------------------------------------
-
-
-def _type_name(value: object) -> str:
-    match value:
-        case None:
-            return "null"
-        case bool():
-            return "a boolean"
-        case int() | float():
-            return "a number"
-        case str():
-            return "a string"
-        case list():
-            return "a list"
-        case dict():
-            return "an object"
-    return type(value).__name__
 
 
 def _check_name(key: str, value: object) -> str:
@@ -98,7 +97,12 @@ def _check_path(value: object) -> str:
 
 
 def _build_target(
-    app: object, ip: object, port: object, path: object, target_id: object = None
+    app: object,
+    ip: object,
+    port: object,
+    path: object,
+    target_id: object = None,
+    options: CheckOptions = DEFAULT_CHECK_OPTIONS,
 ) -> Target:
     """A Target from unchecked values; `target_id` None means the default `app-ip-port`."""
     app = _check_name("app", app)
@@ -112,7 +116,20 @@ def _build_target(
             raise ValueError(f"default id {quoted(target_id)} is over 253 characters; set 'id'")
     else:
         target_id = _check_name("id", target_id)
-    return Target(id=target_id, app_name=app, ip=ip, port=port, health_check_path=path)
+    return Target(
+        id=target_id, app_name=app, ip=ip, port=port, health_check_path=path, options=options
+    )
+
+
+def _target_options(
+    given: dict[str, object], defaults: OptionValues, path_given: bool
+) -> CheckOptions:
+    """The options a target sets in `given` (option keys only), over the defaults."""
+    own = option_values(given)
+    options = build_options(merge_options(defaults, own), own)
+    if path_given and options.scheme == "tcp":
+        raise ValueError("path: does not apply to scheme tcp (a TCP check sends nothing)")
+    return options
 
 
 # --- parsing -------------------------------------------------------------------------------------
@@ -140,35 +157,58 @@ def _unique(located: list[tuple[str, Target]], source: str) -> list[Target]:
     return [target for _, target in located]
 
 
-def _parse_compact_entry(entry: str) -> Target:
-    """`app=host:port[/path]`, the host an IPv4 address, a hostname or `[ipv6]`."""
+def _parse_compact_entry(entry: str, defaults: OptionValues | None = None) -> Target:
+    """`app=[scheme://]host:port[/path]`, the host an IPv4 address, a hostname or `[ipv6]`; with
+    `http://` or `https://` the port may be left out (80, 443)."""
     app, equals, address = entry.partition("=")
     if not equals:
-        raise ValueError("expected app=host:port[/path]")
+        raise ValueError("expected app=[scheme://]host:port[/path]")
+    given: dict[str, object] = {}
+    scheme, separator, rest = address.partition("://")
+    if separator:
+        if scheme.lower() not in SCHEMES:
+            raise ValueError(f"unknown scheme {quoted(scheme)} (expected one of: http, https, tcp)")
+        given["scheme"], address = scheme, rest
     host_port, slash, path = address.partition("/")
+    if "scheme" in given and not _has_port(host_port):
+        if scheme.lower() not in _DEFAULT_PORTS:
+            raise ValueError(f"missing ':port' ({scheme}:// has no default port)")
+        host_port += ":" + _DEFAULT_PORTS[scheme.lower()]
     host, port = split_host_port(host_port)
-    return _build_target(app, host, port, slash + path if slash else DEFAULT_HEALTH_CHECK_PATH)
+    options = _target_options(given, defaults or {}, path_given=bool(slash))
+    return _build_target(
+        app, host, port, slash + path if slash else DEFAULT_HEALTH_CHECK_PATH, None, options
+    )
 
 
-def parse_targets_env(text: str, source: str = "HEALTHCHECK_TARGETS") -> list[Target]:
+def _has_port(host_port: str) -> bool:
+    if host_port.startswith("["):
+        return not host_port.endswith("]")
+    return ":" in host_port
+
+
+def parse_targets_env(
+    text: str, source: str = "HEALTHCHECK_TARGETS", *, defaults: OptionValues | None = None
+) -> list[Target]:
     """Targets from the variable's text: a JSON list (if it starts with `[`) or compact entries.
 
-    Compact: `app=host:port[/path]` entries separated by commas and/or whitespace, e.g.
-    `web=10.0.0.5:8080/healthz, web=[fd00::2]:8080 api=backend.internal:9000/ping?full=1`.
-    JSON: the shapes `parse_targets_document` accepts. Empty text gives no targets.
+    Compact: `app=[scheme://]host:port[/path]` entries separated by commas and/or whitespace,
+    e.g. `web=10.0.0.5:8080/healthz, web=[fd00::2]:8080 api=https://backend.internal/ping`.
+    JSON: the shapes `parse_targets_document` accepts. Empty text gives no targets. `defaults`
+    (from `HEALTHCHECK_CHECK_DEFAULTS`) are the options of a target that does not set them.
     """
     if text.strip().startswith("["):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{source}: {_json_error(exc)}") from None
-        return parse_targets_document(data, source)
+        return parse_targets_document(data, source, defaults=defaults)
     located: list[tuple[str, Target]] = []
     entries = [entry for entry in _COMPACT_SEPARATORS.split(text) if entry]
     for index, entry in enumerate(entries, 1):
         location = f"entry {index} {quoted(entry)}"
         with _located(source, location):
-            located.append((location, _parse_compact_entry(entry)))
+            located.append((location, _parse_compact_entry(entry, defaults)))
     return _unique(located, source)
 
 
@@ -178,24 +218,49 @@ def _check_keys(entry: dict[object, object], allowed: tuple[str, ...]) -> None:
             raise ValueError(f"unknown key {quoted(key)} (expected one of: {', '.join(allowed)})")
 
 
-def _parse_object(entry: dict[object, object]) -> Target:
-    """`{"app": ..., "ip": ..., "port": ..., "path"?: ..., "id"?: ...}`; null means default."""
-    _check_keys(entry, _OBJECT_KEYS)
+def _check_object_keys(entry: dict[object, object]) -> None:
+    for key in entry:
+        if key not in _OBJECT_KEYS and key not in OPTION_KEYS:
+            close = difflib.get_close_matches(
+                str(key), [*_OBJECT_KEYS, *OPTION_KEYS], n=1, cutoff=0.8
+            )
+            hint = f"did you mean {quoted(close[0])}? " if close else ""
+            raise ValueError(
+                f"unknown key {quoted(key)} ({hint}expected one of: {', '.join(_OBJECT_KEYS)},"
+                f" or a check option: {', '.join(OPTION_KEYS)})"
+            )
+
+
+def _parse_object(entry: dict[object, object], defaults: OptionValues | None = None) -> Target:
+    """`{"app": ..., "ip": ..., "port": ..., "path"?: ..., "id"?: ..., option keys?}`; null
+    means default (for an option too: the default's value, or the plain check's)."""
+    _check_object_keys(entry)
     for key in ("app", "ip", "port"):
         if key not in entry:
             raise ValueError(f"missing required key {quoted(key)}")
     path = entry.get("path")
-    return _build_target(
+    target = _build_target(
         entry["app"],
         entry["ip"],
         entry["port"],
         DEFAULT_HEALTH_CHECK_PATH if path is None else path,
         entry.get("id"),
     )
+    given = {
+        str(key): value for key, value in entry.items() if key in OPTION_KEYS and value is not None
+    }
+    try:
+        options = _target_options(given, defaults or {}, path_given=path is not None)
+    except ValueError as exc:
+        raise ValueError(f"target {quoted(target.id)}: {exc}") from None
+    return dataclasses.replace(target, options=options)
 
 
-def _group_fields(group: dict[object, object]) -> tuple[list[str], str, str, str | None]:
-    """Addresses, app, path and id of a file_sd group; labels other than those are ignored."""
+def _group_fields(
+    group: dict[object, object], defaults: OptionValues | None = None
+) -> tuple[list[str], str, str, str | None, CheckOptions]:
+    """Addresses, app, path, id and check options of a file_sd group; labels that are neither
+    those nor an option (`LABEL_KEYS`) are ignored, as Prometheus' other labels."""
     _check_keys(group, _GROUP_KEYS)
     addresses = group["targets"]
     if not isinstance(addresses, list) or not all(isinstance(item, str) for item in addresses):
@@ -213,15 +278,23 @@ def _group_fields(group: dict[object, object]) -> tuple[list[str], str, str, str
             raise ValueError(
                 f"label 'id' needs exactly one target in the group, got {len(addresses)}"
             )
-    return addresses, app, path, target_id
+    given = {str(key): value for key, value in labels.items() if key in LABEL_KEYS}
+    try:
+        options = _target_options(given, defaults or {}, path_given=labels.get("path") is not None)
+    except ValueError as exc:
+        raise ValueError(f"label {exc}") from None
+    return addresses, app, path, target_id, options
 
 
-def parse_targets_document(data: object, source: str) -> list[Target]:
+def parse_targets_document(
+    data: object, source: str, *, defaults: OptionValues | None = None
+) -> list[Target]:
     """Targets from decoded JSON/YAML: a list of target objects or of Prometheus file_sd groups.
 
-    Objects: `{"app", "ip", "port", "path"?, "id"?}`. file_sd groups:
-    `{"targets": ["host:port", ...], "labels": {"app": ..., "path"?: ..., "id"?: ...}}`, `id`
-    only in a group of one target. All entries must have the same shape; `[]` is no targets.
+    Objects: `{"app", "ip", "port", "path"?, "id"?}` and check options. file_sd groups:
+    `{"targets": ["host:port", ...], "labels": {"app": ..., "path"?: ..., "id"?: ...}}` and
+    option labels, `id` only in a group of one target. All entries must have the same shape;
+    `[]` is no targets. `defaults` are the options of a target that does not set them.
     """
     if not isinstance(data, list):
         raise ConfigError(f"{source}: top level must be a list of targets, got {_type_name(data)}")
@@ -237,14 +310,15 @@ def parse_targets_document(data: object, source: str) -> list[Target]:
             if shape != first_shape:
                 raise ValueError(f"is {shape} but entry 1 is {first_shape}; use one shape")
             if shape == "a target object":
-                located.append((location, _parse_object(entry)))
+                located.append((location, _parse_object(entry, defaults)))
                 continue
-            addresses, app, path, target_id = _group_fields(entry)
+            addresses, app, path, target_id, options = _group_fields(entry, defaults)
         for number, address in enumerate(addresses, 1):
             target_location = f"{location} target {number} {quoted(address)}"
             with _located(source, target_location):
                 host, port = split_host_port(address)
-                located.append((target_location, _build_target(app, host, port, path, target_id)))
+                target = _build_target(app, host, port, path, target_id, options)
+                located.append((target_location, target))
     return _unique(located, source)
 
 
@@ -270,7 +344,7 @@ def _load_yaml(text: str) -> object:
         raise ValueError(f"invalid YAML: {exc}") from None
 
 
-def load_targets_file(path: Path) -> list[Target]:
+def load_targets_file(path: Path, *, defaults: OptionValues | None = None) -> list[Target]:
     """Targets from a JSON (`.json`) or YAML (`.yml`, `.yaml`) file; other names: JSON, else YAML.
 
     Refuses an empty file: a writer that truncated it is more likely than a wish for no targets
@@ -297,7 +371,7 @@ def load_targets_file(path: Path) -> list[Target]:
                 data = _load_yaml(text)
     except ValueError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    return parse_targets_document(data, str(path))
+    return parse_targets_document(data, str(path), defaults=defaults)
 
 
 # --- providers -----------------------------------------------------------------------------------
@@ -331,8 +405,11 @@ class FileTargetProvider:
     `reload_successes` and `last_reload_success_time` count the initial load too.
     """
 
-    def __init__(self, path: Path, logger: logging.Logger) -> None:
+    def __init__(
+        self, path: Path, logger: logging.Logger, *, defaults: OptionValues | None = None
+    ) -> None:
         self.path = path
+        self._defaults = defaults
         self._logger = logger
         self._targets: list[Target] = []
         self._loaded_signature: _FileSignature | None = None
@@ -373,7 +450,7 @@ class FileTargetProvider:
         # Stat before reading: a write that lands after the stat changes the signature, so
         # watch() sees it on its next poll.
         signature = _file_signature(self.path)
-        self._targets = load_targets_file(self.path)
+        self._targets = load_targets_file(self.path, defaults=self._defaults)
         self._loaded_signature = signature
         self.reload_successes += 1
         self.last_reload_success_time = time.time()

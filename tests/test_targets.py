@@ -124,7 +124,7 @@ def test_errors_name_the_given_source() -> None:
 
 @pytest.mark.parametrize("entry", ["web", "10.0.0.5:8080", "web:10.0.0.5:8080"])
 def test_compact_entry_without_equals_sign_is_rejected(entry: str) -> None:
-    assert env_error(entry).endswith(": expected app=host:port[/path]")
+    assert env_error(entry).endswith(": expected app=[scheme://]host:port[/path]")
 
 
 def test_compact_entry_with_unbracketed_ipv6_is_rejected() -> None:
@@ -353,9 +353,9 @@ def test_json_targets_accept_objects_with_optional_id_and_path() -> None:
 
 
 def test_json_unknown_key_is_named_with_the_allowed_keys() -> None:
-    assert env_error('[{"app": "web", "adress": "10.0.0.5", "port": 80}]') == (
+    assert env_error('[{"app": "web", "adress": "10.0.0.5", "port": 80}]').startswith(
         "HEALTHCHECK_TARGETS: entry 1: unknown key 'adress'"
-        " (expected one of: app, id, ip, path, port)"
+        " (expected one of: app, id, ip, path, port, or a check option: scheme, method,"
     )
 
 
@@ -634,8 +634,8 @@ def test_file_entry_errors_name_the_file_and_entry(tmp_path: Path) -> None:
     path.write_text(
         "- {app: a, ip: h, port: 1}\n- {app: b, ip: h, port: 2}\n- {app: c, adress: h, port: 3}\n"
     )
-    assert file_error(path) == (
-        "entry 3: unknown key 'adress' (expected one of: app, id, ip, path, port)"
+    assert file_error(path).startswith(
+        "entry 3: unknown key 'adress' (expected one of: app, id, ip, path, port, or a check"
     )
 
 
@@ -959,7 +959,7 @@ async def test_file_provider_watch_survives_an_unexpected_error(
     on_change, task = watch
     attempts: list[Path] = []
 
-    def broken_loader(path: Path) -> list[Target]:
+    def broken_loader(path: Path, **_: object) -> list[Target]:
         attempts.append(path)
         raise RuntimeError("unexpected")
 

@@ -1,0 +1,1 @@
+"""Kinds of checks and what configures them (issue 12): one module per concern."""
