@@ -64,49 +64,42 @@ def test_a_target_without_options_has_the_plain_check() -> None:
     assert options_of() is DEFAULT_CHECK_OPTIONS  # the engine's plain path tests identity
 
 
+PEM = "<pem>"  # replaced by the `pem` fixture's file
+EVERY_KEY: list[tuple[str, object, object]] = [  # key, as given, as stored
+    ("scheme", "HTTPS", "https"),
+    ("method", "POST", "POST"),
+    ("host", "shop.example.com:8443", "shop.example.com:8443"),
+    (
+        "headers",
+        {"X-Env": "prod", "Authorization": "Bearer t0ken"},
+        (("X-Env", "prod"), ("Authorization", "Bearer t0ken")),
+    ),
+    ("body", '{"deep": true}', '{"deep": true}'),
+    ("expect_status", "204, 200,300-308", ((200, 200), (204, 204), (300, 308))),
+    ("expect_body", "ok|ready", "ok|ready"),
+    ("tls_server_name", "shop.example.com", "shop.example.com"),
+    ("tls_insecure_skip_verify", True, True),
+    ("tls_ca_file", PEM, PEM),
+    ("tls_cert_file", PEM, PEM),
+    ("tls_key_file", PEM, PEM),
+    ("tls_min_version", "tls13", "TLS13"),
+    ("interval", "1m30s", 90.0),
+    ("timeout", 2, 2.0),
+    ("fall", 5, 5),
+    ("rise", "4", 4),
+    ("fastinter", "500ms", 0.5),
+    ("downinter", "1m", 60.0),
+]
+
+
 def test_every_option_key_is_parsed_into_its_field(pem: str) -> None:
-    options = options_of(
-        scheme="HTTPS",
-        method="POST",
-        host="shop.example.com:8443",
-        headers={"X-Env": "prod", "Authorization": "Bearer t0ken"},
-        body='{"deep": true}',
-        expect_status="204, 200,300-308",
-        expect_body="ok|ready",
-        tls_server_name="shop.example.com",
-        tls_insecure_skip_verify=True,
-        tls_ca_file=pem,
-        tls_cert_file=pem,
-        tls_key_file=pem,
-        tls_min_version="tls13",
-        interval="1m30s",
-        timeout=2,
-        fall=5,
-        rise="4",
-        fastinter="500ms",
-        downinter="1m",
-    )
-    assert options == CheckOptions(
-        scheme="https",
-        method="POST",
-        host="shop.example.com:8443",
-        headers=(("X-Env", "prod"), ("Authorization", "Bearer t0ken")),
-        body='{"deep": true}',
-        expect_status=((200, 200), (204, 204), (300, 308)),
-        expect_body="ok|ready",
-        tls_server_name="shop.example.com",
-        tls_insecure_skip_verify=True,
-        tls_ca_file=pem,
-        tls_cert_file=pem,
-        tls_key_file=pem,
-        tls_min_version="TLS13",
-        interval=90.0,
-        timeout=2.0,
-        fall=5,
-        rise=4,
-        fastinter=0.5,
-        downinter=60.0,
-    )
+    def real(value: object) -> object:
+        return pem if value == PEM else value
+
+    given = {key: real(value) for key, value, _ in EVERY_KEY}
+    stored = {key: real(value) for key, _, value in EVERY_KEY}
+    assert options_of(**given) == CheckOptions(**stored)  # type: ignore[arg-type]
+    assert [key for key, _, _ in EVERY_KEY] == list(OPTION_KEYS)
 
 
 def test_every_field_of_check_options_is_an_option_key() -> None:
