@@ -33,7 +33,7 @@ from exporter.model import (
     TargetProvider,
     TargetState,
 )
-from exporter.state import StateTracker, TargetChanges
+from exporter.state import StateTracker, TargetChanges, TargetEntry
 from exporter.stats import (
     CHECK_DURATION_BUCKETS,
     SCHEDULE_LAG_BUCKETS,
@@ -55,6 +55,23 @@ class Checker(Protocol):
 
 class _Cancellable(Protocol):
     def cancel(self) -> object: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Timing:
+    """The periods of a target whose period follows its state (HAProxy's inter, fastinter,
+    downinter): `interval` while healthy with no failure seen, `fastinter` in transition (a
+    failure seen but fall not reached; or unhealthy with a success seen but rise not reached),
+    `downinter` while unhealthy."""
+
+    interval: float
+    fastinter: float
+    downinter: float
+
+    def period(self, entry: TargetEntry) -> float:
+        if entry.state is TargetState.HEALTHY:
+            return self.fastinter if entry.consecutive_failures else self.interval
+        return self.fastinter if entry.consecutive_successes else self.downinter
 
 
 @dataclass(eq=False)
@@ -128,7 +145,12 @@ class HealthMonitor:
         self._epoch = 0.0
         self._next_sync = 0.0
         self._scheduling = False  # the per-target schedule runs (after the first round)
-        self._phase: dict[str, float] = {}  # target id -> its slot's offset in the interval
+        self._phase: dict[str, float] = {}  # target id -> its slot's offset in its period
+        # Per-target timing: the period of each target not checked every `config.interval` now
+        # (empty, and never looked up per check, while every target runs at the interval), and
+        # the timings of the targets whose period follows their state (fastinter, downinter).
+        self._periods: dict[str, float] = {}
+        self._timings: dict[str, _Timing] = {}
         self._loop: asyncio.AbstractEventLoop | None = None  # asyncio.get_running_loop() costs a
         # getpid() system call per call on Python 3.11: the hot path uses this instead
         self._waiter: asyncio.Future[None] | None = None
@@ -239,6 +261,8 @@ class HealthMonitor:
                 "rise": cfg.rise,
                 "timeout": cfg.timeout,
                 "max_concurrent": cfg.max_concurrent,
+                "fastinter": cfg.fastinter or cfg.interval,
+                "downinter": cfg.downinter or cfg.interval,
             },
         )
         if not cfg.enabled:
@@ -246,10 +270,9 @@ class HealthMonitor:
             return
         await self._round()
         self._ready.set()
-        loop = asyncio.get_running_loop()
-        after = max(self._epoch, loop.time() - cfg.interval / 2)
+        now = asyncio.get_running_loop().time()
         for target_id in list(self._due):
-            self._schedule(target_id, self._next_slot(target_id, after))
+            self._schedule(target_id, self._next_slot(target_id, self._epoch, now))
         self._scheduling = True
         await self._schedule_loop()
 
@@ -263,10 +286,9 @@ class HealthMonitor:
 
     async def _schedule_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        interval = self.config.interval
         # The seed re-reads the provider every round; at sub-second intervals once a second is
         # plenty (a targets file change asks for a sync at once anyway).
-        sync_every = max(interval, MIN_SYNC_PERIOD)
+        sync_every = max(self.config.interval, MIN_SYNC_PERIOD)
         self._next_sync = loop.time() + sync_every
         heap = self._heap
         while True:
@@ -284,8 +306,7 @@ class HealthMonitor:
                     self.checks_skipped += 1  # and plan the next one when that check ends
                     self._parked[target_id] = due
                     continue
-                # Never queue up missed slots after a stall: the next slot is in the future.
-                self._schedule(target_id, self._next_slot(target_id, max(due, now - interval / 2)))
+                self._schedule(target_id, self._next_slot(target_id, due, now))
                 self._enqueue(target_id, due)
             self._start_queued()
             wake_at = min(heap[0][0] if heap else math.inf, self._next_sync)
@@ -305,9 +326,14 @@ class HealthMonitor:
             self._waiter = None
             self._sleeping_until = -math.inf
 
-    def _next_slot(self, target_id: str, after: float) -> float:
-        """The first slot of the target more than half an interval after `after`."""
+    def _next_slot(self, target_id: str, after: float, now: float) -> float:
+        """The first slot of the target more than half its period after `after`, and in the
+        future: missed slots are never queued up after a stall."""
         interval = self.config.interval
+        if self._periods:
+            interval = self._periods.get(target_id, interval)
+        if after < now - interval / 2:
+            after = now - interval / 2
         phase = self._phase.get(target_id)
         if phase is None:
             phase = self._phase[target_id] = phase_fraction(target_id) * interval
@@ -335,11 +361,17 @@ class HealthMonitor:
             self._due.pop(target.id, None)
             self._phase.pop(target.id, None)
             self._parked.pop(target.id, None)
+            self._periods.pop(target.id, None)
+            self._timings.pop(target.id, None)
         for target in changes.added:
+            self._track_timing(target)
             if self._scheduling:
                 self._schedule(target.id, now)  # a new target is checked at once
             else:
                 self._due[target.id] = now  # slotted once the first round is over
+        for target in changes.updated:
+            if self._track_timing(target) and self._scheduling and target.id in self._due:
+                self._schedule(target.id, self._next_slot(target.id, now, now))
         self.check_durations.retain({t.app_name for t in targets})
         self.logger.info(
             "targets changed",
@@ -352,6 +384,57 @@ class HealthMonitor:
         )
         self._dirty.set()
         return changes
+
+    # -- per-target timing -------------------------------------------------------------------
+
+    def _track_timing(self, target: Target) -> bool:
+        """Note the periods a target asks for (its options over the exporter-wide values);
+        True if its period now changed."""
+        cfg, options = self.config, target.options
+        interval = options.interval or cfg.interval
+        timing = _Timing(
+            interval,
+            options.fastinter or cfg.fastinter or interval,
+            options.downinter or cfg.downinter or interval,
+        )
+        if timing.fastinter == interval == timing.downinter:
+            self._timings.pop(target.id, None)
+            return self._set_period(target.id, interval)
+        self._timings[target.id] = timing
+        entry = self.tracker.get_entry(target.id)
+        return self._set_period(target.id, interval if entry is None else timing.period(entry))
+
+    def _set_period(self, target_id: str, period: float) -> bool:
+        """Make `period` the target's period; True if it changed (its slots move with it)."""
+        interval = self.config.interval
+        if period == self._periods.get(target_id, interval):
+            return False
+        if period == interval:
+            del self._periods[target_id]
+        else:
+            self._periods[target_id] = period
+        self._phase.pop(target_id, None)
+        return True
+
+    def _retime(self, target_id: str) -> None:
+        """After a result: if the target's state asks for another period, its next check comes
+        one new period from now, as HAProxy does; back at its interval, at its own slot."""
+        timing = self._timings.get(target_id)
+        entry = self.tracker.get_entry(target_id)
+        if timing is None or entry is None:
+            return
+        period = timing.period(entry)
+        if not self._set_period(target_id, period):
+            return
+        assert self._loop is not None
+        now = self._loop.time()
+        if period != timing.interval:  # slots one period apart from now on
+            self._phase[target_id] = (now + period - self._epoch) % period
+        if self._scheduling and target_id in self._due:
+            due = self._next_slot(target_id, now, now)
+            self._schedule(target_id, due)
+            if due < self._sleeping_until:
+                self._wake()
 
     # -- checks ------------------------------------------------------------------------------
 
@@ -418,6 +501,8 @@ class HealthMonitor:
             self._record(result)
         except Exception:  # e.g. a failing log handler: the next checks must still start
             self.logger.exception("recording a check result failed", extra={"target": target_id})
+        if self._timings:
+            self._retime(target_id)
         if self._rounds:
             self._settle_rounds(target_id)
         self._start_queued()
@@ -429,9 +514,9 @@ class HealthMonitor:
         if skipped_due is None or self._due.get(target_id) != skipped_due:
             return  # not parked, or removed (and perhaps added again) since
         assert self._loop is not None
-        interval = self.config.interval
-        due = self._next_slot(target_id, max(skipped_due, self._loop.time() - interval / 2))
-        self.checks_skipped += max(round((due - skipped_due) / interval) - 1, 0)
+        due = self._next_slot(target_id, skipped_due, self._loop.time())
+        period = self._periods.get(target_id, self.config.interval)
+        self.checks_skipped += max(round((due - skipped_due) / period) - 1, 0)
         self._schedule(target_id, due)
         if due < self._sleeping_until:  # the loop sleeps past this slot
             self._wake()

@@ -17,7 +17,7 @@ from dataclasses import replace
 import pytest
 
 from exporter.checker import HTTPChecker, OnResult, Probe
-from exporter.model import Config, Result, Target, TargetState, default_config
+from exporter.model import CheckOptions, Config, Result, Target, TargetState, default_config
 from exporter.monitor import HealthMonitor, phase_fraction
 from tests.servers import target_server, unused_port
 
@@ -449,3 +449,125 @@ async def test_refused_target_goes_down_with_reason():
     assert entry.last_result.reason == "connection_refused"
     assert entry.checks.get("connection_refused", 0) >= 2
     await monitor.stop()
+
+
+# --- per-target interval, fastinter, downinter (issue 12) ----------------------------------------
+# Each test counts the checks real backends receive while a fast target gathers 20: with the
+# timing option ignored, the fast target would need 20 s or more and the wait would time out.
+
+
+def timed(target: Target, **options: float) -> Target:
+    return replace(target, options=CheckOptions(**options))  # type: ignore[arg-type]
+
+
+def started(
+    config: Config, targets: list[Target], checker_class: type[RecordingChecker] = RecordingChecker
+) -> HealthMonitor:
+    monitor = HealthMonitor(
+        config, Provider(targets), Updater(), checker=checker_class(timeout=config.timeout)
+    )
+    monitor.start()
+    return monitor
+
+
+@CHECKERS
+async def test_a_target_with_its_own_interval_is_checked_at_it(
+    checker_class: type[RecordingChecker],
+):
+    async with target_server() as srv:
+        fast_target = timed(srv.target("/t/fast"), interval=0.05)
+        monitor = started(
+            Config(interval=2.0, timeout=1.0), [fast_target, srv.target("/t/plain")], checker_class
+        )
+        await wait_for(lambda: srv.hits["fast"] >= 20, 10, "20 checks at the target's interval")
+        plain = srv.hits["plain"]
+        await monitor.stop()
+    assert plain <= 5  # the exporter-wide 2 s interval still holds for the other target
+
+
+@CHECKERS
+async def test_a_target_in_transition_is_checked_at_fastinter(
+    checker_class: type[RecordingChecker],
+):
+    """fall is never reached, so the failing target stays in transition (`UP n/1000`)."""
+    async with target_server() as srv:
+        srv.down.add("failing")
+        monitor = started(
+            Config(interval=2.0, timeout=1.0, fall=1000, fastinter=0.05),
+            [srv.target("/t/failing"), srv.target("/t/steady")],
+            checker_class,
+        )
+        await wait_for(lambda: srv.hits["failing"] >= 20, 10, "20 checks at fastinter")
+        steady = srv.hits["steady"]
+        entry = monitor.tracker.get_entry("/t/failing")
+        assert entry is not None and entry.state is TargetState.HEALTHY
+        # Recovered: no failure streak, so back to the interval.
+        srv.down.clear()
+        await wait_for(lambda: entry.consecutive_successes >= 1, 5, "a success")
+        recovered = srv.hits["failing"]
+        await asyncio.sleep(0.5)  # ten fastinter periods
+        after_recovery = srv.hits["failing"] - recovered
+        await monitor.stop()
+    assert steady <= 5  # a healthy target without failures stays at the interval
+    assert after_recovery <= 2
+
+
+@CHECKERS
+async def test_an_unhealthy_target_is_checked_at_downinter_then_at_fastinter_coming_back(
+    checker_class: type[RecordingChecker],
+):
+    """Down after one failure; then successes that never reach rise: `DOWN n/1000`."""
+    async with target_server() as srv:
+        srv.down.add("dead")
+        dead = timed(srv.target("/t/dead"), downinter=0.05, fastinter=0.05)
+        config = Config(interval=2.0, timeout=1.0, fall=1, rise=1000)
+        monitor = started(config, [dead, srv.target("/t/alive")], checker_class)
+        await wait_for(lambda: srv.hits["dead"] >= 20, 10, "20 checks at downinter")
+        alive = srv.hits["alive"]
+        srv.down.clear()
+        down_hits = srv.hits["dead"]
+        await wait_for(lambda: srv.hits["dead"] >= down_hits + 20, 10, "20 checks at fastinter")
+        assert monitor.get_stats() == (2, 1, 1)
+        await monitor.stop()
+    assert alive <= 5
+
+
+async def test_fastinter_then_downinter_as_a_target_dies():
+    """interval 2 s, fastinter 50 ms, downinter 1 s, fall 3: once the first failure is seen,
+    two more come at fastinter (a clock target checked every 200 ms sees about none of that
+    time go by, where it would see 20 checks at the interval); then the dead target is checked
+    at downinter."""
+    async with target_server() as srv:
+        clock = timed(srv.target("/t/clock"), interval=0.2)
+        monitor = HealthMonitor(
+            Config(interval=2.0, timeout=1.0, fall=3, fastinter=0.05, downinter=1.0),
+            Provider([srv.target("/t/dying"), clock]),
+            Updater(),
+        )
+        monitor.start()
+        await monitor.wait_ready()
+        srv.down.add("dying")
+        before = srv.hits["dying"]
+        await wait_for(lambda: srv.hits["dying"] > before, 10, "the first failure")
+        clock_at_first_failure = srv.hits["clock"]
+        await wait_for(lambda: monitor.get_stats() == (2, 1, 1), 10, "down")
+        clock_ticks = srv.hits["clock"] - clock_at_first_failure
+        to_down = srv.hits["dying"] - before
+        await asyncio.sleep(0.5)  # ten fastinter periods, half a downinter
+        while_down = srv.hits["dying"] - before - to_down
+        await monitor.stop()
+    assert clock_ticks <= 4
+    assert to_down == 3  # fall failures, no more: the third made it unhealthy
+    assert while_down <= 1  # downinter, not fastinter, once it is down
+
+
+async def test_a_changed_interval_in_the_target_list_takes_effect():
+    async with target_server() as srv:
+        provider = Provider([srv.target("/t/a")])
+        monitor = HealthMonitor(Config(interval=2.0, timeout=1.0), provider, Updater())
+        monitor.start()
+        await monitor.wait_ready()
+        provider.targets = [timed(srv.target("/t/a"), interval=0.05)]
+        monitor.refresh_targets()
+        await wait_for(lambda: srv.hits["a"] >= 20, 10, "20 checks at the new interval")
+        await monitor.stop()
