@@ -328,7 +328,7 @@ class HealthMonitor:
 
     def _next_slot(self, target_id: str, after: float, now: float) -> float:
         """The first slot of the target more than half its period after `after`, and in the
-        future: missed slots are never queued up after a stall."""
+        future: missed slots are never queued up after a stall (`after` -inf: the next one)."""
         interval = self.config.interval
         if self._periods:
             interval = self._periods.get(target_id, interval)
@@ -371,7 +371,7 @@ class HealthMonitor:
                 self._due[target.id] = now  # slotted once the first round is over
         for target in changes.updated:
             if self._track_timing(target) and self._scheduling and target.id in self._due:
-                self._schedule(target.id, self._next_slot(target.id, now, now))
+                self._schedule(target.id, self._next_slot(target.id, -math.inf, now))
         self.check_durations.retain({t.app_name for t in targets})
         self.logger.info(
             "targets changed",
@@ -418,7 +418,8 @@ class HealthMonitor:
 
     def _retime(self, target_id: str) -> None:
         """After a result: if the target's state asks for another period, its next check comes
-        one new period from now, as HAProxy does; back at its interval, at its own slot."""
+        one new period from now, as HAProxy does; back at its interval, at its own next slot
+        (within one interval: a death right after a recovery is seen as soon as ever)."""
         timing = self._timings.get(target_id)
         entry = self.tracker.get_entry(target_id)
         if timing is None or entry is None:
@@ -428,10 +429,13 @@ class HealthMonitor:
             return
         assert self._loop is not None
         now = self._loop.time()
+        after = now
         if period != timing.interval:  # slots one period apart from now on
             self._phase[target_id] = (now + period - self._epoch) % period
+        else:
+            after = -math.inf
         if self._scheduling and target_id in self._due:
-            due = self._next_slot(target_id, now, now)
+            due = self._next_slot(target_id, after, now)
             self._schedule(target_id, due)
             if due < self._sleeping_until:
                 self._wake()
