@@ -11,9 +11,10 @@ from pathlib import Path
 
 from exporter import __version__
 from exporter.checker import HTTPChecker
+from exporter.checks.options import describe_options
 from exporter.demo import DEMO_ENV, demo_backends, print_banner
 from exporter.logs import configure_logging
-from exporter.model import Result
+from exporter.model import DEFAULT_CHECK_OPTIONS, Result, Target
 from exporter.service import (
     TargetSource,
     haproxy_updater,
@@ -92,12 +93,34 @@ def _validate(settings: Settings) -> int:
     haproxy_updater(settings)
     apps = sorted({t.app_name for t in targets})
     cfg = settings.monitor_config()
+    timing = "".join(
+        f", {name} {value:g}s"
+        for name, value in (("fastinter", cfg.fastinter), ("downinter", cfg.downinter))
+        if value is not None
+    )
     print(
         f"configuration OK: {len(targets)} targets in {len(apps)} apps ({', '.join(apps)}); "
-        f"interval {cfg.interval:g}s, fall {cfg.fall}, rise {cfg.rise}, timeout {cfg.timeout:g}s, "
-        f"checks {'enabled' if cfg.enabled else 'disabled'}, listen {settings.listen_address}"
+        f"interval {cfg.interval:g}s{timing}, fall {cfg.fall}, rise {cfg.rise}, "
+        f"timeout {cfg.timeout:g}s, checks {'enabled' if cfg.enabled else 'disabled'}, "
+        f"listen {settings.listen_address}"
     )
+    print(format_options(targets))
     return EXIT_OK
+
+
+def format_options(targets: Sequence[Target]) -> str:
+    """The check options in effect (defaults included), one line per target that has any."""
+    rows = [
+        (t.id, t.url, describe_options(t.options))
+        for t in targets
+        if t.options is not DEFAULT_CHECK_OPTIONS
+    ]
+    if not rows:
+        return "every target has the plain check (GET, healthy on 200-399)"
+    lines = [f"check options of {len(rows)} of {len(targets)} targets (others: the plain check):"]
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    lines += [f"  {i.ljust(widths[0])}  {u.ljust(widths[1])}  {o}".rstrip() for i, u, o in rows]
+    return "\n".join(lines)
 
 
 def _check(settings: Settings) -> int:
@@ -117,7 +140,7 @@ def _check(settings: Settings) -> int:
 
 def format_results(results: Sequence[Result]) -> str:
     """A plain table, one row per target, in the configured order."""
-    header = ("RESULT", "TARGET", "APP", "URL", "STATUS", "DURATION", "ERROR")
+    header = ("RESULT", "TARGET", "APP", "URL", "STATUS", "DURATION", "OPTIONS", "ERROR")
     rows = [header]
     for r in results:
         rows.append(
@@ -128,6 +151,7 @@ def format_results(results: Sequence[Result]) -> str:
                 r.target.url,
                 str(r.status_code or "-"),
                 f"{r.duration * 1000:.1f}ms",
+                describe_options(r.target.options) or "-",
                 r.error or "",
             )
         )

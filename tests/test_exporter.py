@@ -411,6 +411,88 @@ async def test_validate_accepts_good_configuration(tmp_path: Path):
     assert "2 targets in 1 apps" in out and "interval 90s" in out
 
 
+async def test_validate_prints_the_check_options_in_effect_per_target():
+    targets = [
+        {"app": "web", "ip": "10.0.0.5", "port": 8443, "scheme": "https", "host": "shop.test"},
+        {"app": "db", "ip": "10.0.0.9", "port": 5432, "scheme": "tcp", "interval": "5s"},
+        {"app": "api", "ip": "10.0.0.7", "port": 80, "expect_status": "200-399"},
+    ]
+    env = {
+        "HEALTHCHECK_TARGETS": json.dumps(targets),
+        "HEALTHCHECK_CHECK_DEFAULTS": '{"headers": {"X-Env": "prod"}, "fall": 5}',
+        "HEALTHCHECK_FASTINTER": "1s",
+    }
+    code, out, err = await run_cli("validate", env=env)
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert "interval 15s, fastinter 1s, fall 3" in lines[0]
+    assert lines[1] == "check options of 3 of 3 targets (others: the plain check):"
+    assert lines[2].split() == [
+        "web-10.0.0.5-8443",
+        "https://10.0.0.5:8443/health",
+        "host=shop.test",
+        "headers=X-Env",
+        "fall=5",
+    ]
+    assert lines[3].split() == ["db-10.0.0.9-5432", "tcp://10.0.0.9:5432", "interval=5s", "fall=5"]
+    assert lines[4].split() == [
+        "api-10.0.0.7-80",
+        "http://10.0.0.7:80/health",
+        "headers=X-Env",
+        "fall=5",
+    ]
+    code, out, _ = await run_cli("validate", env={"HEALTHCHECK_TARGETS": "web=10.0.0.5:80"})
+    assert out.splitlines()[1] == "every target has the plain check (GET, healthy on 200-399)"
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        (
+            {"HEALTHCHECK_TARGETS": '[{"app": "web", "ip": "10.0.0.5", "port": 80, "fall": 0}]'},
+            "HEALTHCHECK_TARGETS: entry 1: target 'web-10.0.0.5-80': fall: must be at least 1",
+        ),
+        (
+            {"HEALTHCHECK_TARGETS": "web=10.0.0.5:80", "HEALTHCHECK_CHECK_DEFAULTS": '{"host": 1}'},
+            "HEALTHCHECK_CHECK_DEFAULTS: host: must be a string, got a number",
+        ),
+        (
+            {"HEALTHCHECK_TARGETS": "web=https://10.0.0.5", "HEALTHCHECK_FASTINTER": "soon"},
+            "HEALTHCHECK_FASTINTER: invalid duration 'soon'",
+        ),
+    ],
+)
+async def test_bad_check_option_exits_2_naming_it(env: dict[str, str], words: str):
+    for command in ("validate", "check", "run"):
+        code, _, err = await run_cli(command, env=env)
+        assert code == 2
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and words in lines[0], (command, err)
+
+
+async def test_check_table_shows_each_targets_options():
+    async with target_server() as srv:
+        targets = [
+            {"app": "web", "ip": "127.0.0.1", "port": srv.port, "expect_status": "200"},
+            {"app": "api", "ip": "127.0.0.1", "port": srv.port, "id": "plain"},
+        ]
+        code, out, _ = await run_cli("check", env={"HEALTHCHECK_TARGETS": json.dumps(targets)})
+    assert code == 0, out
+    header, web, plain = out.splitlines()[:3]
+    assert header.split() == [
+        "RESULT",
+        "TARGET",
+        "APP",
+        "URL",
+        "STATUS",
+        "DURATION",
+        "OPTIONS",
+        "ERROR",
+    ]
+    assert web.split()[-1] == "expect_status=200"
+    assert plain.split()[-1] == "-"
+
+
 async def test_check_prints_a_table_and_exits_1_when_a_check_fails():
     async with target_server() as srv:
         good = f"web=127.0.0.1:{srv.port}/health"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,12 @@ from exporter.checks.options import (
 )
 from exporter.model import DEFAULT_CHECK_OPTIONS, CheckOptions, Target
 from exporter.settings import ConfigError, load_settings
-from exporter.targets import load_targets_file, parse_targets_document, parse_targets_env
+from exporter.targets import (
+    FileTargetProvider,
+    load_targets_file,
+    parse_targets_document,
+    parse_targets_env,
+)
 
 BASE = {"app": "web", "ip": "10.0.0.5", "port": 8443}
 
@@ -561,3 +567,18 @@ def test_expect_status_text_is_ranges_or_one_error(text: str) -> None:
         assert all(a[1] + 1 < b[0] for a, b in itertools.pairwise(ranges))
         return
     assert "\n" not in message and message
+
+
+def test_a_targets_file_version_with_a_bad_option_is_rejected_whole(tmp_path: Path) -> None:
+    path = tmp_path / "targets.yml"
+    path.write_text("- {app: web, ip: 10.0.0.5, port: 80, expect_status: 204}\n")
+    provider = FileTargetProvider(path, logging.getLogger("test"))
+    provider.load_initial()
+    before = provider.get_health_check_targets()
+    path.write_text(
+        "- {app: web, ip: 10.0.0.5, port: 80}\n- {app: api, ip: 10.0.0.6, port: 80, fall: -1}\n"
+    )
+    assert provider.reload() is False
+    assert provider.get_health_check_targets() == before
+    assert provider.last_error is not None
+    assert "entry 2: target 'api-10.0.0.6-80': fall: must be at least 1" in provider.last_error
