@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -212,7 +213,33 @@ def test_unknown_key_is_named_with_a_suggestion() -> None:
 
 def test_tls_file_that_is_a_directory_is_refused(tmp_path: Path) -> None:
     message = option_error(scheme="https", tls_ca_file=str(tmp_path))
-    assert f"tls_ca_file: cannot read {tmp_path}: Is a directory" in message
+    assert f"tls_ca_file: {tmp_path} is not a regular file" in message
+
+
+@pytest.mark.timeout(10)
+def test_tls_file_that_is_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "ca.pem"
+    os.mkfifo(fifo)
+    assert f"tls_ca_file: {fifo} is not a regular file" in option_error(
+        scheme="https", tls_ca_file=str(fifo)
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.text(max_size=40)
+    | st.from_regex(
+        r"\{(\"[a-z_]{1,24}\": *(\"[^\"]{0,10}\"|[0-9]{1,4}|true|\{\}), *){0,3}\}", fullmatch=True
+    )
+)
+def test_any_check_defaults_text_is_accepted_or_one_error(text: str) -> None:
+    try:
+        parse_check_defaults(text)
+    except ValueError as exc:
+        message = str(exc)
+    else:
+        return
+    assert message and "\n" not in message
 
 
 def test_unreadable_tls_file_is_refused(tmp_path: Path) -> None:

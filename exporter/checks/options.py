@@ -12,7 +12,9 @@ Timing keys are validated exactly as the exporter-wide settings of the same name
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import fields, replace
 from typing import Annotated, Any
@@ -210,6 +212,9 @@ def _readable_file(value: object) -> str:
     if not path or "\0" in path:
         raise ValueError(f"{quoted(path)} is not a file name")
     try:
+        # A regular file only: opening a FIFO (or a device) could block the parser for ever.
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ValueError(f"{path} is not a regular file")
         with open(path, "rb"):
             pass
     except OSError as exc:
