@@ -309,6 +309,18 @@ class Settings(BaseSettings):
         " hashmod), so n replicas split a fleet with no coordination.",
     )
 
+    # --- Docker source (issue 15) ---
+    docker_host: str | None = Field(
+        default=None,
+        description="Docker engine whose running containers labelled healthcheck.app (or"
+        " dev.haloy.appName) are the targets: unix:///var/run/docker.sock or tcp://host:port.",
+    )
+    docker_network: str | None = Field(
+        default=None,
+        description="Network whose container IP is checked, for containers on several networks"
+        " (default: a container's only network; host-network containers: 127.0.0.1).",
+    )
+
     haproxy_config: Path | None = Field(
         default=None,
         description="HAProxy config fragment to keep in step with health (one backend per app);"
@@ -400,6 +412,14 @@ class Settings(BaseSettings):
     def _check_one_target_source(self) -> Settings:
         if self.targets is not None and self.targets_file is not None:
             raise ValueError(f"set only one of {ENV_PREFIX}TARGETS and {ENV_PREFIX}TARGETS_FILE")
+        return self
+
+    @model_validator(mode="after")
+    def _check_docker(self) -> Settings:
+        if self.docker_network is not None and self.docker_host is None:
+            raise ValueError(
+                f"{ENV_PREFIX}DOCKER_NETWORK: needs {ENV_PREFIX}DOCKER_HOST (the engine to ask)"
+            )
         return self
 
     @field_validator("shard")

@@ -10,6 +10,11 @@ declare -A APT_FOR=(
     [prometheus]=prometheus
     [prometheus-alertmanager]=prometheus-alertmanager
     [haproxy]=haproxy
+    # The Docker source and the container image tests: a real engine, busybox for the target
+    # containers, debootstrap for the stand-in python base image.
+    [dockerd]=docker.io
+    [busybox]=busybox-static
+    [debootstrap]=debootstrap
 )
 
 install_debian_packages() {
