@@ -313,19 +313,22 @@ class Containers:
 
     async def httpd(
         self,
-        labels: Mapping[str, str],
+        app: str | None,
         *,
+        labels: Mapping[str, str] | None = None,
         name: str | None = None,
         port: int | None = None,
-        options: tuple[str, ...] = (),
     ) -> Httpd:
+        """Run one; labelled `healthcheck.app=app` and `healthcheck.port` (unless app is None),
+        then `labels` (which may override those)."""
         port = port or unused_port()
+        wanted = {"healthcheck.app": app, "healthcheck.port": str(port)} if app else {}
+        wanted |= {**(labels or {}), TEST_LABEL: "1"}
         name = name or f"hc-test-{uuid.uuid4().hex[:10]}"
-        labelled = {**labels, TEST_LABEL: "1"}
-        label_args = [f"--label={key}={value}" for key, value in labelled.items()]
+        label_args = [f"--label={key}={value}" for key, value in wanted.items()]
         run = ["run", "--detach", "--init", "--network=host", f"--name={name}", *label_args]
         serve = ["httpd", "-f", "-p", f"127.0.0.1:{port}", "-h", "/www"]
-        container_id = await self.engine.arun(*run, *options, BUSYBOX_IMAGE, *serve)
+        container_id = await self.engine.arun(*run, BUSYBOX_IMAGE, *serve)
         self.started.append(container_id)
         return Httpd(container_id, name, port)
 

@@ -29,7 +29,6 @@ from exporter.sources.docker import (
 from exporter.sources.docker_api import EngineAddress, EngineError, _negotiated_version
 from tests.docker_engine import BUSYBOX_IMAGE, TEST_LABEL, Containers, Engine
 from tests.observability import eventually
-from tests.servers import unused_port
 
 pytest_plugins = ("tests.docker_engine",)
 
@@ -284,10 +283,6 @@ async def followed(docker_engine: Engine, busybox_image: str) -> AsyncIterator[F
         await asyncio.gather(task, return_exceptions=True)
 
 
-def labels(app: str, port: int, **more: str) -> dict[str, str]:
-    return {"healthcheck.app": app, "healthcheck.port": str(port), **more}
-
-
 def test_docker_source_implements_the_source_protocol() -> None:
     source = DockerSource(EngineAddress.parse("unix:///nowhere.sock"), None, logging.getLogger())
     assert isinstance(source, Source) and source.name == "docker"
@@ -296,11 +291,10 @@ def test_docker_source_implements_the_source_protocol() -> None:
 async def test_started_container_becomes_a_target_and_stopped_one_goes(
     followed: Followed, containers: Containers
 ) -> None:
-    port = unused_port()
-    httpd = await containers.httpd(labels(followed.app, port))
+    httpd = await containers.httpd(followed.app)
     found = await followed.until(lambda t: len(t) == 1, "the started container")
     assert found == [
-        Target(id=httpd.short_id, app_name=followed.app, ip="127.0.0.1", port=str(port))
+        Target(id=httpd.short_id, app_name=followed.app, ip="127.0.0.1", port=str(httpd.port))
     ]
     changes = followed.changes
     await containers.engine.arun("stop", "--time=1", httpd.id)
@@ -309,7 +303,7 @@ async def test_started_container_becomes_a_target_and_stopped_one_goes(
 
 
 async def test_killed_container_is_removed(followed: Followed, containers: Containers) -> None:
-    httpd = await containers.httpd(labels(followed.app, unused_port()))
+    httpd = await containers.httpd(followed.app)
     await followed.until(lambda t: len(t) == 1, "the started container")
     await containers.engine.arun("kill", httpd.id)
     await followed.until(lambda t: t == [], "the killed container to go")
@@ -318,7 +312,7 @@ async def test_killed_container_is_removed(followed: Followed, containers: Conta
 async def test_restarted_container_is_the_same_target_again(
     followed: Followed, containers: Containers
 ) -> None:
-    httpd = await containers.httpd(labels(followed.app, unused_port()))
+    httpd = await containers.httpd(followed.app)
     before = await followed.until(lambda t: len(t) == 1, "the started container")
     listed = followed.source.health.last_success_time
     await containers.engine.arun("restart", "--time=1", httpd.id)
@@ -333,13 +327,12 @@ async def test_restarted_container_is_the_same_target_again(
 async def test_relabelled_container_is_a_new_target_under_its_new_id(
     followed: Followed, containers: Containers
 ) -> None:
-    port = unused_port()
-    first = await containers.httpd(labels(followed.app, port, **{"healthcheck.path": "/a"}))
+    first = await containers.httpd(followed.app, labels={"healthcheck.path": "/a"})
     await followed.until(lambda t: [x.id for x in t] == [first.short_id], "the first container")
     # Labels cannot change on a container: relabelling is re-creating it under the same name.
     await containers.engine.arun("rm", "--force", first.id)
     second = await containers.httpd(
-        labels(followed.app, port, **{"healthcheck.path": "/b"}), name=first.name
+        followed.app, labels={"healthcheck.path": "/b"}, name=first.name, port=first.port
     )
     found = await followed.until(
         lambda t: [x.id for x in t] == [second.short_id], "the re-created container alone"
@@ -350,10 +343,10 @@ async def test_relabelled_container_is_a_new_target_under_its_new_id(
 async def test_container_with_bad_labels_is_skipped_with_one_log_line(
     followed: Followed, containers: Containers
 ) -> None:
-    bad = await containers.httpd(labels(followed.app, unused_port(), **{"healthcheck.path": "x"}))
-    good = await containers.httpd(labels(followed.app, unused_port()))
+    bad = await containers.httpd(followed.app, labels={"healthcheck.path": "x"})
+    good = await containers.httpd(followed.app)
     await followed.until(lambda t: [x.id for x in t] == [good.short_id], "the good container")
-    await containers.httpd(labels(followed.app, unused_port()))  # one more re-list
+    await containers.httpd(followed.app)  # one more re-list
     await followed.until(lambda t: len(t) == 2, "the second good container")
     skipped = [r for r in followed.log if r.getMessage() == "docker container skipped"]
     assert [getattr(r, "error", "") for r in skipped] == [
@@ -376,7 +369,7 @@ async def test_container_on_a_network_of_its_own_is_readdressed_when_its_ip_chan
     try:
         await docker_engine.arun(
             "run", "--detach", f"--name={name}", f"--network={network}", "--ip=192.0.2.10",
-            *(f"--label={k}={v}" for k, v in labels(followed.app, 8080).items()),
+            f"--label=healthcheck.app={followed.app}", "--label=healthcheck.port=8080",
             f"--label={TEST_LABEL}=1", BUSYBOX_IMAGE, "sleep", "600",
         )  # fmt: skip
         await followed.until(
