@@ -42,7 +42,7 @@ from tests.observability import require_tool
 from tests.servers import unused_port
 
 SOCKET = Path("/var/run/docker.sock")
-INSTALL = "scripts/test.sh installs Debian's docker.io, busybox-static and debootstrap"
+INSTALL = "scripts/test.sh installs Debian's docker.io, busybox-static, debootstrap, docker-compose"
 TEST_LABEL = "healthcheck-exporter-test"  # on every container the tests start, for cleanup
 BUSYBOX_IMAGE = "healthcheck-exporter-test/busybox:1"
 PYTHON_IMAGE = "healthcheck-exporter-test/python:3.11-slim-bookworm"

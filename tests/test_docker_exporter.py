@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from collections.abc import Callable
+from pathlib import Path
 
-from tests.docker_engine import Containers, Engine, busybox_rootfs, private_engine
+import yaml
+
+from exporter.settings import load_settings
+from tests.docker_engine import INSTALL, Containers, Engine, busybox_rootfs, private_engine
+from tests.observability import ROOT, require_tool, run_tool
 from tests.process import ExporterProcess, exporter, run_cli, samples
 
 pytest_plugins = ("tests.docker_engine",)
@@ -94,3 +100,25 @@ async def test_engine_restart_keeps_the_targets_meanwhile_then_relists() -> None
             failures = log_records(proc, UNREACHABLE)
             assert failures and all(r["targets"] == 2 for r in failures)
             assert [r["failures"] for r in failures] == list(range(1, len(failures) + 1))
+
+
+def readme_compose_file() -> str:
+    """The compose file of the README's Docker section."""
+    section = (ROOT / "README.md").read_text().split("### Docker containers", 1)[1]
+    match = re.search(r"```yaml\n(.*?)```", section.split("\n## ", 1)[0], re.DOTALL)
+    assert match, "no compose file in the README's Docker section"
+    return match.group(1)
+
+
+async def test_readme_compose_file_is_valid_and_mounts_the_socket_read_only(
+    tmp_path: Path,
+) -> None:
+    text = readme_compose_file()
+    exporter_service = yaml.safe_load(text)["services"]["healthcheck-exporter"]
+    assert "/var/run/docker.sock:/var/run/docker.sock:ro" in exporter_service["volumes"]
+    settings = load_settings(exporter_service["environment"])  # every variable is a real one
+    assert settings.docker_host == "unix:///var/run/docker.sock"
+    compose = require_tool("docker-compose", install=INSTALL)
+    (tmp_path / "compose.yml").write_text(text)
+    code, out = await run_tool(compose, "--file", str(tmp_path / "compose.yml"), "config", "-q")
+    assert (code, out) == (0, "")
