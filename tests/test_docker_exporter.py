@@ -58,13 +58,17 @@ async def test_exporter_checks_containers_as_they_start_and_forgets_them_as_they
         assert f"container '{bad.name}': label 'healthcheck.port'" in line
 
 
-async def test_validate_lists_the_engines_containers_once(
+async def test_validate_and_check_list_the_engines_containers_once(
     docker_engine: Engine, containers: Containers
 ) -> None:
-    await containers.httpd("validated")
-    code, out, err = await run_cli("validate", env={"HEALTHCHECK_DOCKER_HOST": docker_engine.host})
+    httpd = await containers.httpd("validated")
+    env = {"HEALTHCHECK_DOCKER_HOST": docker_engine.host}
+    code, out, err = await run_cli("validate", env=env)
     assert code == 0, err
     assert out.startswith("configuration OK:") and "validated" in out
+    code, out, err = await run_cli("check", env=env)
+    row = next(line for line in out.splitlines() if httpd.short_id in line)
+    assert row.split()[:3] == ["ok", httpd.short_id, "validated"], out + err
 
 
 async def test_unreachable_engine_is_exit_2_for_validate_and_run_naming_the_variable() -> None:
