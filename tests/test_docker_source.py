@@ -405,3 +405,37 @@ def _value(read: Callable[[], Any]) -> Callable[[], Any]:
         return read()
 
     return probe
+
+
+async def test_engine_behind_a_tcp_socket_proxy_is_followed_too(
+    docker_engine: Engine, containers: Containers
+) -> None:
+    socket_path = docker_engine.host.removeprefix("unix://")
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            while data := await source.read(65536):
+                sink.write(data)
+                await sink.drain()
+            sink.close()
+
+        engine_reader, engine_writer = await asyncio.open_unix_connection(socket_path)
+        await asyncio.gather(pipe(reader, engine_writer), pipe(engine_reader, writer))
+
+    proxy = await asyncio.start_server(relay, "127.0.0.1", 0)
+    port = proxy.sockets[0].getsockname()[1]
+    source = DockerSource(EngineAddress.parse(f"tcp://127.0.0.1:{port}"), None, logging.getLogger())
+    app = f"app{uuid.uuid4().hex[:8]}"
+    task = asyncio.create_task(source.run(lambda: None))
+    try:
+        httpd = await containers.httpd(app)
+        await eventually(
+            _value(lambda: [t.id for t in source.get_health_check_targets() if t.app_name == app]),
+            lambda ids: ids == [httpd.short_id],
+            what="the container, through the proxy",
+        )
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        proxy.close()
+        await proxy.wait_closed()
