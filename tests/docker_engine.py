@@ -75,14 +75,13 @@ class Engine:
         return [self.cli, "--host", self.host, *args]
 
     def run(
-        self, *args: str, check: bool = True, stdin: bytes | None = None, timeout: float = 0
+        self, *args: str, check: bool = True, timeout: float = COMMAND_TIMEOUT
     ) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
             self.argv(*args),
-            input=stdin.decode("latin-1") if stdin is not None else None,
             capture_output=True,
             text=True,
-            timeout=timeout or COMMAND_TIMEOUT,
+            timeout=timeout,
             env={**os.environ, "DOCKER_BUILDKIT": "1"},
         )
         if check and done.returncode != 0:
