@@ -25,6 +25,7 @@ from exporter.sources.docker import (
     container_address,
     container_target,
     list_targets,
+    option_labels,
 )
 from exporter.sources.docker_api import EngineAddress, EngineError, _negotiated_version
 from tests.docker_engine import BUSYBOX_IMAGE, TEST_LABEL, Containers, Engine
@@ -116,6 +117,16 @@ def test_bad_label_is_named_in_the_reason_the_container_is_skipped(
 ) -> None:
     with pytest.raises(ContainerSkipped, match=named):
         container_target(container(labels), None)
+
+
+def test_option_labels_are_the_other_healthcheck_labels_without_their_prefix() -> None:
+    labels = {**WEB, "healthcheck.path": "/", "healthcheck.method": "HEAD", "haloy.x": "1"}
+    assert option_labels(labels) == {"method": "HEAD"}
+
+
+def test_container_with_option_labels_is_skipped_until_options_are_supported() -> None:
+    with pytest.raises(ContainerSkipped, match=r"label 'healthcheck\.method': per-target check"):
+        container_target(container({**WEB, "healthcheck.method": "HEAD"}), None)
 
 
 def test_listing_names_each_skipped_container_and_keeps_the_good_ones() -> None:

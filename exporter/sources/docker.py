@@ -32,6 +32,7 @@ from exporter.targets import _check_name, _check_path, _check_port
 APP_LABELS = ("healthcheck.app", "dev.haloy.appName")
 PORT_LABELS = ("healthcheck.port", "dev.haloy.port")
 PATH_LABELS = ("healthcheck.path", "dev.haloy.health-check-path")
+OPTION_PREFIX = "healthcheck."  # healthcheck.<option>: a per-target check option
 DEFAULT_PATH = "/health"
 HALOY_DEFAULT_PATH = "/"  # haloy's own default for a container without the path label
 
@@ -116,6 +117,12 @@ def container_target(container: Container, network: str | None) -> Target | None
     if path is None:
         haloy = app[0] == APP_LABELS[1]
         path = ("", HALOY_DEFAULT_PATH if haloy else DEFAULT_PATH)
+    options = option_labels(labels)
+    if options:
+        first = OPTION_PREFIX + sorted(options)[0]
+        raise ContainerSkipped(
+            f"label {quoted(first)}: per-target check options are not supported by this version"
+        )
     return Target(
         id=short_id(container),
         app_name=_checked(app, partial(_check_name, "app")),
@@ -123,6 +130,16 @@ def container_target(container: Container, network: str | None) -> Target | None
         port=_checked(port, _check_port),
         health_check_path=_checked(path, _check_path),
     )
+
+
+def option_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    """The `healthcheck.<option>` labels, by option name (the prefix removed)."""
+    own = (APP_LABELS[0], PORT_LABELS[0], PATH_LABELS[0])
+    return {
+        name.removeprefix(OPTION_PREFIX): value
+        for name, value in labels.items()
+        if name.startswith(OPTION_PREFIX) and name not in own
+    }
 
 
 def _checked(label: tuple[str, str], check: Callable[[str], str]) -> str:
