@@ -1,11 +1,16 @@
-# syntax=docker/dockerfile:1
 # healthcheck-exporter image: the wheels are built in the first stage and installed, offline, in
 # a slim runtime stage that has no build tools. Usage and defaults: docs/observability.md.
 #
-#   docker build -t healthcheck-exporter .
+#   docker build -t healthcheck-exporter .      (BuildKit: the default since Docker 23;
+#                                                before it, set DOCKER_BUILDKIT=1)
 #   docker run --rm -p 9898:9898 -e HEALTHCHECK_TARGETS='web=10.0.0.5:8080/healthz' healthcheck-exporter
 
-FROM python:3.11-slim-bookworm AS build
+# No `# syntax=` line: it would pull a frontend image, and the built-in one (BuildKit) already
+# understands `RUN --mount`, so the image builds where no registry is reachable. PYTHON_IMAGE
+# names another base built the same way (the tests use an offline stand-in).
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 # Only what the wheel is made of (.dockerignore keeps the rest out of the context).
 COPY pyproject.toml README.md ./
@@ -13,7 +18,7 @@ COPY exporter/ exporter/
 # The project's wheel plus every dependency's, uvloop included (the `fast` extra).
 RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[fast]"
 
-FROM python:3.11-slim-bookworm
+FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="healthcheck-exporter" \
       org.opencontainers.image.description="Active HTTP health checker with HAProxy-style fall/rise thresholds and Prometheus metrics" \
       org.opencontainers.image.licenses="MIT"

@@ -18,6 +18,7 @@ from exporter.model import DEFAULT_CHECK_OPTIONS, Result, Target
 from exporter.service import (
     TargetSource,
     haproxy_updater,
+    load_sources,
     run_event_loop,
     serve,
     target_source,
@@ -89,7 +90,9 @@ async def _serve(settings: Settings, source: TargetSource) -> int:
 
 
 def _validate(settings: Settings) -> int:
-    targets = target_source(settings).provider.get_health_check_targets()
+    source = target_source(settings)
+    run_event_loop(lambda: _load(source))  # talks to the Docker engine once, if configured
+    targets = source.provider.get_health_check_targets()
     haproxy_updater(settings)
     apps = sorted({t.app_name for t in targets})
     cfg = settings.monitor_config()
@@ -123,15 +126,19 @@ def format_options(targets: Sequence[Target]) -> str:
     return "\n".join(lines)
 
 
+async def _load(source: TargetSource) -> int:
+    await load_sources(source)
+    return EXIT_OK
+
+
 def _check(settings: Settings) -> int:
-    targets = list(target_source(settings).provider.get_health_check_targets())
+    source = target_source(settings)
     checker = HTTPChecker(settings.timeout)
 
-    async def round_() -> list[Result]:
-        return await checker.check_all(targets, settings.max_concurrent)
-
     async def run() -> int:
-        results = await round_()
+        await load_sources(source)
+        targets = list(source.provider.get_health_check_targets())
+        results = await checker.check_all(targets, settings.max_concurrent)
         print(format_results(results))
         return EXIT_OK if all(r.healthy for r in results) else EXIT_CHECK_FAILED
 

@@ -18,6 +18,8 @@ from exporter.model import ConfigUpdater, Target, TargetProvider
 from exporter.monitor import HealthMonitor
 from exporter.settings import ConfigError, Settings
 from exporter.shard import Shard, ShardedProvider
+from exporter.sources.docker import DockerSource
+from exporter.sources.docker_api import EngineAddress, EngineError
 from exporter.targets import FileTargetProvider, StaticTargetProvider, parse_targets_env
 from exporter.web import make_app
 
@@ -35,6 +37,7 @@ class LoggingUpdater:
 class TargetSource:
     provider: TargetProvider
     file: FileTargetProvider | None = None
+    docker: DockerSource | None = None
 
     @property
     def reload_stats(self) -> ReloadStats | None:
@@ -61,6 +64,9 @@ def check_defaults(settings: Settings) -> OptionValues:
 
 def _unsharded_source(settings: Settings) -> TargetSource:
     defaults = check_defaults(settings)
+    docker = docker_source(settings)
+    if docker is not None:
+        return TargetSource(docker, docker=docker)
     if settings.targets is not None:
         targets = parse_targets_env(settings.targets, defaults=defaults)
         return TargetSource(StaticTargetProvider(targets))
@@ -72,6 +78,40 @@ def _unsharded_source(settings: Settings) -> TargetSource:
         "HEALTHCHECK_TARGETS: no targets configured: set HEALTHCHECK_TARGETS or "
         "HEALTHCHECK_TARGETS_FILE (or try `healthcheck-exporter demo`)"
     )
+
+
+# --- Docker source (issue 15) ---
+
+
+def docker_source(settings: Settings) -> DockerSource | None:
+    """The Docker source if HEALTHCHECK_DOCKER_HOST is set (not yet reached); raises ConfigError."""
+    if settings.docker_host is None:
+        return None
+    others = [
+        name
+        for name, value in (
+            ("HEALTHCHECK_TARGETS", settings.targets),
+            ("HEALTHCHECK_TARGETS_FILE", settings.targets_file),
+        )
+        if value is not None
+    ]
+    if others:
+        raise ConfigError(f"HEALTHCHECK_DOCKER_HOST: set either it or {others[0]}, not both")
+    try:
+        address = EngineAddress.parse(settings.docker_host)
+    except ValueError as exc:
+        raise ConfigError(f"HEALTHCHECK_DOCKER_HOST: {exc}") from None
+    return DockerSource(address, settings.docker_network, logger)
+
+
+async def load_sources(source: TargetSource) -> None:
+    """Read the sources that need I/O once (the Docker engine); raises ConfigError if one fails."""
+    if source.docker is None:
+        return
+    try:
+        await source.docker.load()
+    except EngineError as exc:
+        raise ConfigError(f"HEALTHCHECK_DOCKER_HOST: cannot reach the engine: {exc}") from None
 
 
 def haproxy_updater(settings: Settings) -> HAProxyUpdater | None:
@@ -115,6 +155,7 @@ async def serve(
 ) -> None:
     """Run until SIGTERM or SIGINT, then shut down cleanly."""
     loop = asyncio.get_running_loop()
+    await load_sources(source)
     haproxy = haproxy_updater(settings) if updater is None else None
     monitor = HealthMonitor(
         settings.monitor_config(), source.provider, updater or haproxy or LoggingUpdater(), logger
@@ -129,6 +170,7 @@ async def serve(
     await runner.setup()
     stop = asyncio.Event()
     watch: asyncio.Task[None] | None = None
+    follow: asyncio.Task[None] | None = None
     try:
         site = web.TCPSite(runner, settings.listen_host, settings.listen_port)
         await site.start()
@@ -138,6 +180,9 @@ async def serve(
         if source.file is not None:
             watch = loop.create_task(source.file.watch(monitor.refresh_targets))
             loop.add_signal_handler(signal.SIGHUP, _reload_on_sighup, source.file, monitor)
+        if source.docker is not None:
+            follow = loop.create_task(source.docker.run(monitor.refresh_targets))
+            loop.add_signal_handler(signal.SIGHUP, source.docker.refresh)
         if settings.timeout > settings.interval:
             logger.warning(
                 "HEALTHCHECK_TIMEOUT is longer than HEALTHCHECK_INTERVAL: a slot that comes "
@@ -162,9 +207,10 @@ async def serve(
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
-        if watch is not None:
-            watch.cancel()
-            await asyncio.gather(watch, return_exceptions=True)
+        for task in (watch, follow):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await monitor.stop()
         if haproxy is not None:
             await haproxy.stop()

@@ -342,6 +342,18 @@ class Settings(BaseSettings):
         " tls_*, interval, ...) for every target that does not set them itself.",
     )
 
+    # --- Docker source (issue 15) ---
+    docker_host: str | None = Field(
+        default=None,
+        description="Docker engine whose running containers labelled healthcheck.app (or"
+        " dev.haloy.appName) are the targets: unix:///var/run/docker.sock or tcp://host:port.",
+    )
+    docker_network: str | None = Field(
+        default=None,
+        description="Network whose container IP is checked, for containers on several networks"
+        " (default: a container's only network; host-network containers: 127.0.0.1).",
+    )
+
     haproxy_config: Path | None = Field(
         default=None,
         description="HAProxy config fragment to keep in step with health (one backend per app);"
@@ -444,6 +456,14 @@ class Settings(BaseSettings):
         if value is not None:
             parse_check_defaults(value)
         return value
+
+    @model_validator(mode="after")
+    def _check_docker(self) -> Settings:
+        if self.docker_network is not None and self.docker_host is None:
+            raise ValueError(
+                f"{ENV_PREFIX}DOCKER_NETWORK: needs {ENV_PREFIX}DOCKER_HOST (the engine to ask)"
+            )
+        return self
 
     @field_validator("shard")
     @classmethod

@@ -10,6 +10,13 @@ declare -A APT_FOR=(
     [prometheus]=prometheus
     [prometheus-alertmanager]=prometheus-alertmanager
     [haproxy]=haproxy
+    # The Docker source and the container image tests: a real engine, busybox for the target
+    # containers, debootstrap for the stand-in python base image, docker-compose to validate the
+    # README's compose file.
+    [dockerd]=docker.io
+    [busybox]=busybox-static
+    [debootstrap]=debootstrap
+    [docker-compose]=docker-compose
 )
 
 install_debian_packages() {

@@ -1,8 +1,9 @@
-"""The Dockerfile: hadolint, and what the image runs, built the Dockerfile's way without an engine.
+"""The Dockerfile: hadolint, its steps replayed without an engine, then the image built for real.
 
-No container engine runs here, so the image's steps are replayed on this machine: the build
-context filtered by .dockerignore, `pip wheel ".[fast]"` into a wheelhouse, an offline install of
-every wheel into a fresh venv, then the image's ENTRYPOINT, CMD, ENV and HEALTHCHECK on it.
+The replay: the build context filtered by .dockerignore, `pip wheel ".[fast]"` into a wheelhouse,
+an offline install of every wheel into a fresh venv, then the image's ENTRYPOINT, CMD, ENV and
+HEALTHCHECK on it. The real build: a Docker engine (tests/docker_engine.py) builds the Dockerfile
+on an offline stand-in for its base image and runs it on the host network.
 """
 
 from __future__ import annotations
@@ -16,18 +17,22 @@ import signal
 import subprocess
 import sys
 import tomllib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import pytest
+import pytest_asyncio
 
+from tests.docker_engine import TEST_LABEL, Engine
 from tests.observability import ROOT, eventually, require_tool, run_tool
 from tests.process import child_env
 from tests.servers import unused_port
 
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
+pytest_plugins = ("tests.docker_engine",)
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 
 
@@ -59,7 +64,14 @@ class Image:
     @classmethod
     def parse(cls, text: str) -> Image:
         found: dict[str, list[str]] = {}
+        build_args: dict[str, str] = {}
         for keyword, args in instructions(text):
+            if keyword == "ARG" and "=" in args:
+                name, _, default = args.partition("=")
+                build_args[name] = default
+            if keyword == "FROM":  # a build argument there stands for its default
+                for name, default in build_args.items():
+                    args = args.replace(f"${{{name}}}", default)
             found.setdefault(keyword, []).append(args)
         env: dict[str, str] = {}
         for args in found["ENV"]:
@@ -190,6 +202,13 @@ def test_dockerfile_builds_wheels_then_installs_them_offline_in_a_slim_image():
     assert "--no-index" in install and "--mount=type=bind,from=build" in install
 
 
+def test_dockerfile_builds_offline_with_the_base_image_as_a_build_argument():
+    text = DOCKERFILE.read_text()
+    assert not re.search(r"^#\s*syntax\s*=", text, re.MULTILINE)  # no frontend image to pull
+    assert "ARG PYTHON_IMAGE=python:3.11-slim-bookworm" in text
+    assert re.findall(r"^FROM (\S+)", text, re.MULTILINE) == ["${PYTHON_IMAGE}"] * 2
+
+
 def test_image_runs_unprivileged_with_the_console_script_as_entrypoint():
     assert IMAGE.user.split(":")[0] not in ("0", "root")
     assert IMAGE.entrypoint == ["healthcheck-exporter"] and IMAGE.cmd == ["run"]
@@ -263,3 +282,93 @@ async def healthcheck(image: InstalledImage, env: dict[str, str]) -> int:
         stderr=asyncio.subprocess.DEVNULL,
     )
     return await asyncio.wait_for(proc.wait(), 10)
+
+
+# -- the image, built and run for real -------------------------------------------------------
+
+BUILT_IMAGE = "healthcheck-exporter-test/exporter:latest"
+IMAGE_UID = 10001  # the Dockerfile's USER
+
+
+@pytest.fixture(scope="module")
+def built_image(docker_engine: Engine, python_base_image: str) -> str:
+    """The project's Dockerfile built on the stand-in base; the engine's cache keeps it fast."""
+    docker_engine.run(
+        "build", "--network=host", f"--build-arg=PYTHON_IMAGE={python_base_image}",
+        f"--tag={BUILT_IMAGE}", str(ROOT),
+        timeout=600,
+    )  # fmt: skip
+    return BUILT_IMAGE
+
+
+@dataclass(frozen=True)
+class RunningImage:
+    id: str
+    url: str
+
+
+async def run_image(engine: Engine, image: str) -> RunningImage:
+    """The image on the host network, listening on a free loopback port, HEALTHCHECK every 1 s."""
+    port = unused_port()
+    container_id = await engine.arun(
+        "run", "--detach", "--network=host", f"--label={TEST_LABEL}=1",
+        "--health-interval=1s", "--health-start-period=30s",
+        f"--env=HEALTHCHECK_LISTEN_ADDRESS=127.0.0.1:{port}",
+        f"--env=HEALTHCHECK_TARGETS=web=127.0.0.1:{unused_port()}",
+        image,
+    )  # fmt: skip
+    return RunningImage(container_id, f"http://127.0.0.1:{port}")
+
+
+@pytest_asyncio.fixture
+async def running(docker_engine: Engine, built_image: str) -> AsyncIterator[RunningImage]:
+    started = await run_image(docker_engine, built_image)
+    try:
+        yield started
+    finally:
+        docker_engine.run("rm", "--force", started.id, check=False)
+
+
+async def _metrics(url: str) -> tuple[int, str]:
+    try:
+        async with aiohttp.ClientSession() as session, session.get(f"{url}/metrics") as resp:
+            return resp.status, await resp.text()
+    except aiohttp.ClientError:
+        return 0, ""
+
+
+async def test_built_image_serves_metrics_on_the_host_network(running: RunningImage):
+    _, body = await eventually(
+        lambda: _metrics(running.url), lambda got: got[0] == 200, what="/metrics from the image"
+    )
+    assert "healthcheck_exporter_build_info" in body
+
+
+async def test_built_image_healthcheck_turns_healthy(docker_engine: Engine, running: RunningImage):
+    async def health() -> str:
+        return await docker_engine.arun("inspect", "--format={{.State.Health.Status}}", running.id)
+
+    await eventually(health, lambda status: status == "healthy", what="HEALTHCHECK healthy")
+
+
+async def test_built_image_runs_its_process_as_uid_10001(
+    docker_engine: Engine, running: RunningImage
+):
+    pid = await docker_engine.arun("inspect", "--format={{.State.Pid}}", running.id)
+    status = Path(f"/proc/{pid}/status").read_text()
+    uids = next(line.split()[1:] for line in status.splitlines() if line.startswith("Uid:"))
+    assert uids == [str(IMAGE_UID)] * 4  # real, effective, saved, filesystem
+    command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert any(part.endswith(b"healthcheck-exporter") for part in command)  # PID 1 is ours
+
+
+async def test_docker_stop_ends_the_built_image_cleanly_within_2s(
+    docker_engine: Engine, running: RunningImage
+):
+    await eventually(
+        lambda: _metrics(running.url), lambda got: got[0] == 200, what="the image to listen"
+    )
+    # SIGTERM, and SIGKILL (exit 137) if still running after 2 s: exit 0 means it ended itself.
+    await docker_engine.arun("stop", "--time=2", running.id)
+    state = await docker_engine.arun("inspect", "--format={{json .State}}", running.id)
+    assert (json.loads(state)["ExitCode"], json.loads(state)["Status"]) == (0, "exited")

@@ -1,0 +1,452 @@
+"""The Docker source: labels to targets (pure), then following a real engine in-process.
+
+The containers are busybox httpd on the host network (see tests/docker_engine.py); the one test
+with a container on a network of its own runs the source alone, which never sends it a packet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from exporter.model import Target
+from exporter.settings import ConfigError, load_settings
+from exporter.sources.base import Source
+from exporter.sources.docker import (
+    ContainerSkipped,
+    DockerSource,
+    container_address,
+    container_target,
+    list_targets,
+    option_labels,
+)
+from exporter.sources.docker_api import EngineAddress, EngineError, _negotiated_version
+from tests.docker_engine import BUSYBOX_IMAGE, TEST_LABEL, Containers, Engine
+from tests.observability import eventually
+
+pytest_plugins = ("tests.docker_engine",)
+
+CONTAINER_ID = "3f4e5d6c7b8a" + "9" * 52
+
+
+def container(
+    labels: dict[str, str],
+    *,
+    mode: str = "host",
+    networks: dict[str, dict[str, str]] | None = None,
+    name: str = "/web-1",
+) -> dict[str, Any]:
+    """An entry of `GET /containers/json`, with the fields the source reads."""
+    if networks is None:
+        networks = {"host": {"IPAddress": ""}} if mode == "host" else {}
+    return {
+        "Id": CONTAINER_ID,
+        "Names": [name],
+        "Labels": labels,
+        "State": "running",
+        "HostConfig": {"NetworkMode": mode},
+        "NetworkSettings": {"Networks": networks},
+    }
+
+
+WEB = {"healthcheck.app": "web", "healthcheck.port": "8080"}
+
+
+# -- labels to targets -----------------------------------------------------------------------
+
+
+def test_host_network_container_is_a_loopback_target_with_its_short_id() -> None:
+    target = container_target(container({**WEB, "healthcheck.path": "/ping"}), None)
+    assert target == Target(
+        id=CONTAINER_ID[:12], app_name="web", ip="127.0.0.1", port="8080", health_check_path="/ping"
+    )
+
+
+def test_path_defaults_to_health() -> None:
+    target = container_target(container(WEB), None)
+    assert target is not None and target.health_check_path == "/health"
+
+
+def test_haloy_labels_make_a_target_with_haloys_default_path() -> None:
+    labels = {"dev.haloy.appName": "blog", "dev.haloy.port": "3000"}
+    target = container_target(container(labels), None)
+    assert target is not None
+    assert (target.app_name, target.port, target.health_check_path) == ("blog", "3000", "/")
+    labels["dev.haloy.health-check-path"] = "/up"
+    target = container_target(container(labels), None)
+    assert target is not None and target.health_check_path == "/up"
+
+
+def test_healthcheck_labels_win_over_haloy_labels() -> None:
+    labels = {
+        **WEB,
+        "healthcheck.path": "/ours",
+        "dev.haloy.appName": "theirs",
+        "dev.haloy.port": "1",
+        "dev.haloy.health-check-path": "/theirs",
+    }
+    target = container_target(container(labels), None)
+    assert target is not None
+    assert (target.app_name, target.port, target.health_check_path) == ("web", "8080", "/ours")
+
+
+def test_container_without_app_label_is_not_a_target() -> None:
+    assert container_target(container({"healthcheck.port": "80", "other": "x"}), None) is None
+
+
+@pytest.mark.parametrize(
+    ("labels", "named"),
+    [
+        ({"healthcheck.app": "web"}, "'healthcheck.port' is missing"),
+        ({**WEB, "healthcheck.port": "http"}, "label 'healthcheck.port': port 'http' is not"),
+        ({**WEB, "healthcheck.port": "70000"}, "label 'healthcheck.port': port 70000 out of"),
+        ({**WEB, "healthcheck.app": "my app"}, "label 'healthcheck.app': app 'my app' must"),
+        ({**WEB, "healthcheck.path": "health"}, "label 'healthcheck.path': path 'health' must"),
+        ({"dev.haloy.appName": "b", "dev.haloy.port": "x"}, "label 'dev.haloy.port': port 'x'"),
+    ],
+)
+def test_bad_label_is_named_in_the_reason_the_container_is_skipped(
+    labels: dict[str, str], named: str
+) -> None:
+    with pytest.raises(ContainerSkipped, match=named):
+        container_target(container(labels), None)
+
+
+def test_option_labels_are_the_other_healthcheck_labels_without_their_prefix() -> None:
+    labels = {**WEB, "healthcheck.path": "/", "healthcheck.method": "HEAD", "haloy.x": "1"}
+    assert option_labels(labels) == {"method": "HEAD"}
+
+
+def test_container_with_option_labels_is_skipped_until_options_are_supported() -> None:
+    with pytest.raises(ContainerSkipped, match=r"label 'healthcheck\.method': per-target check"):
+        container_target(container({**WEB, "healthcheck.method": "HEAD"}), None)
+
+
+def test_listing_names_each_skipped_container_and_keeps_the_good_ones() -> None:
+    good = container(WEB)
+    bad = {**container({**WEB, "healthcheck.port": "x"}, name="/broken"), "Id": "b" * 64}
+    listing = list_targets([bad, good], None)
+    assert [t.id for t in listing.targets] == [CONTAINER_ID[:12]]
+    assert listing.skipped == {
+        "b" * 12: "container 'broken': label 'healthcheck.port': port 'x' is not a number"
+    }
+
+
+# -- addresses -------------------------------------------------------------------------------
+
+NETWORKS = {
+    "front": {"IPAddress": "10.1.0.5"},
+    "back": {"IPAddress": "10.2.0.5"},
+}
+
+
+def test_address_is_the_ip_on_the_only_network() -> None:
+    only = container(WEB, mode="app_default", networks={"app_default": {"IPAddress": "10.9.0.2"}})
+    assert container_address(only, None) == "10.9.0.2"
+
+
+def test_address_is_the_ip_on_the_configured_network() -> None:
+    assert container_address(container(WEB, mode="front", networks=NETWORKS), "back") == "10.2.0.5"
+
+
+def test_ipv6_only_network_gives_the_ipv6_address() -> None:
+    v6 = {"v6": {"IPAddress": "", "GlobalIPv6Address": "fd00::5"}}
+    assert container_address(container(WEB, mode="v6", networks=v6), None) == "fd00::5"
+
+
+def test_host_network_container_is_checked_on_loopback_whatever_the_network_setting() -> None:
+    assert container_address(container(WEB), "back") == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("mode", "networks", "network", "reason"),
+    [
+        ("front", NETWORKS, None, r"several networks \(back, front\): set HEALTHCHECK_DOCKER_NET"),
+        ("front", NETWORKS, "db", r"not on network 'db' \(HEALTHCHECK_DOCKER_NETWORK\).*back, fr"),
+        ("none", {}, None, "has no network to check it on \\(network mode 'none'\\)"),
+        ("x", {"x": {"IPAddress": ""}}, None, "has no IP address on network 'x'"),
+    ],
+)
+def test_container_without_a_usable_address_is_skipped_saying_why(
+    mode: str, networks: dict[str, dict[str, str]], network: str | None, reason: str
+) -> None:
+    with pytest.raises(ContainerSkipped, match=reason):
+        container_address(container(WEB, mode=mode, networks=networks), network)
+
+
+# -- engine addresses and settings -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "socket", "base"),
+    [
+        ("unix:///var/run/docker.sock", "/var/run/docker.sock", "http://docker"),
+        ("tcp://socket-proxy:2375", None, "http://socket-proxy:2375"),
+        ("tcp://[::1]:2375", None, "http://[::1]:2375"),
+    ],
+)
+def test_engine_address_accepts_unix_sockets_and_tcp(
+    text: str, socket: str | None, base: str
+) -> None:
+    address = EngineAddress.parse(text)
+    assert (address.socket_path, address.base_url, str(address)) == (socket, base, text)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("/var/run/docker.sock", "use unix:///var/run/docker.sock or tcp://host:port"),
+        ("unix://var/run/docker.sock", "expected unix:///absolute/path"),
+        ("tcp://proxy", "missing ':port'"),
+        ("tcp://proxy:99999", "port 99999 out of range"),
+        ("tcp://proxy:2375/v1.41", "expected tcp://host:port"),
+        ("https://proxy:2376", "use unix:///var/run/docker.sock or tcp://host:port"),
+    ],
+)
+def test_engine_address_rejects_other_forms_saying_why(text: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        EngineAddress.parse(text)
+
+
+def test_bad_docker_host_is_a_config_error_naming_the_variable() -> None:
+    from exporter.service import target_source
+
+    settings = load_settings({"HEALTHCHECK_DOCKER_HOST": "docker.sock"})
+    with pytest.raises(ConfigError, match=r"^HEALTHCHECK_DOCKER_HOST: invalid address"):
+        target_source(settings)
+
+
+def test_docker_network_needs_docker_host() -> None:
+    with pytest.raises(ConfigError, match="HEALTHCHECK_DOCKER_NETWORK: needs HEALTHCHECK_DOCKER"):
+        load_settings({"HEALTHCHECK_DOCKER_NETWORK": "front"})
+
+
+@pytest.mark.parametrize(
+    ("engine", "used"),
+    [("1.47", "1.41"), ("1.41", "1.41"), ("1.30", "1.30"), (None, "1.24")],
+)
+def test_api_version_is_the_older_of_the_engines_and_ours(engine: str | None, used: str) -> None:
+    assert ".".join(map(str, _negotiated_version(engine))) == used
+
+
+@pytest.mark.parametrize(("engine", "reason"), [("1.12", "older than"), ("one", "unexpected")])
+def test_api_version_too_old_or_garbled_is_an_engine_error(engine: str, reason: str) -> None:
+    with pytest.raises(EngineError, match=reason):
+        _negotiated_version(engine)
+
+
+# -- following a real engine -----------------------------------------------------------------
+
+
+@dataclass
+class Followed:
+    """A DockerSource running against the real engine, and the logs it wrote."""
+
+    source: DockerSource
+    app: str  # unique to the test: other tests' containers are not looked at
+    changes: int = 0
+    log: list[logging.LogRecord] = field(default_factory=list)
+
+    def targets(self) -> list[Target]:
+        return [t for t in self.source.get_health_check_targets() if t.app_name == self.app]
+
+    async def until(self, accept: Callable[[list[Target]], bool], what: str) -> list[Target]:
+        async def probe() -> list[Target]:
+            return self.targets()
+
+        return await eventually(probe, accept, what=what, timeout=15)
+
+
+class _Records(logging.Handler):
+    def __init__(self, sink: list[logging.LogRecord]) -> None:
+        super().__init__()
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.sink.append(record)
+
+
+@pytest_asyncio.fixture
+async def followed(docker_engine: Engine, busybox_image: str) -> AsyncIterator[Followed]:
+    del busybox_image
+    logger = logging.getLogger(f"test.docker.{uuid.uuid4().hex[:6]}")
+    source = DockerSource(EngineAddress.parse(docker_engine.host), None, logger)
+    watched = Followed(source, app=f"app{uuid.uuid4().hex[:8]}")
+    logger.addHandler(_Records(watched.log))
+    logger.propagate = False
+    await source.load()
+
+    def changed() -> None:
+        watched.changes += 1
+
+    task = asyncio.create_task(source.run(changed))
+    try:
+        yield watched
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def test_docker_source_implements_the_source_protocol() -> None:
+    source = DockerSource(EngineAddress.parse("unix:///nowhere.sock"), None, logging.getLogger())
+    assert isinstance(source, Source) and source.name == "docker"
+
+
+async def test_started_container_becomes_a_target_and_stopped_one_goes(
+    followed: Followed, containers: Containers
+) -> None:
+    httpd = await containers.httpd(followed.app)
+    found = await followed.until(lambda t: len(t) == 1, "the started container")
+    assert found == [
+        Target(id=httpd.short_id, app_name=followed.app, ip="127.0.0.1", port=str(httpd.port))
+    ]
+    changes = followed.changes
+    await containers.engine.arun("stop", "--time=1", httpd.id)
+    await followed.until(lambda t: t == [], "the stopped container to go")
+    assert followed.changes > changes  # the monitor was told
+
+
+async def test_killed_container_is_removed(followed: Followed, containers: Containers) -> None:
+    httpd = await containers.httpd(followed.app)
+    await followed.until(lambda t: len(t) == 1, "the started container")
+    await containers.engine.arun("kill", httpd.id)
+    await followed.until(lambda t: t == [], "the killed container to go")
+
+
+async def test_restarted_container_is_the_same_target_again(
+    followed: Followed, containers: Containers
+) -> None:
+    httpd = await containers.httpd(followed.app)
+    before = await followed.until(lambda t: len(t) == 1, "the started container")
+    listed = followed.source.health.last_success_time
+    await containers.engine.arun("restart", "--time=1", httpd.id)
+    await eventually(
+        _value(lambda: followed.source.health.last_success_time),
+        lambda t: t > listed,
+        what="a re-list after the restart",
+    )
+    assert await followed.until(lambda t: len(t) == 1, "the restarted container") == before
+
+
+async def test_relabelled_container_is_a_new_target_under_its_new_id(
+    followed: Followed, containers: Containers
+) -> None:
+    first = await containers.httpd(followed.app, labels={"healthcheck.path": "/a"})
+    await followed.until(lambda t: [x.id for x in t] == [first.short_id], "the first container")
+    # Labels cannot change on a container: relabelling is re-creating it under the same name.
+    await containers.engine.arun("rm", "--force", first.id)
+    second = await containers.httpd(
+        followed.app, labels={"healthcheck.path": "/b"}, name=first.name, port=first.port
+    )
+    found = await followed.until(
+        lambda t: [x.id for x in t] == [second.short_id], "the re-created container alone"
+    )
+    assert found[0].health_check_path == "/b" and second.short_id != first.short_id
+
+
+async def test_container_with_bad_labels_is_skipped_with_one_log_line(
+    followed: Followed, containers: Containers
+) -> None:
+    bad = await containers.httpd(followed.app, labels={"healthcheck.path": "x"})
+    good = await containers.httpd(followed.app)
+    await followed.until(lambda t: [x.id for x in t] == [good.short_id], "the good container")
+    await containers.httpd(followed.app)  # one more re-list
+    await followed.until(lambda t: len(t) == 2, "the second good container")
+    skipped = [r for r in followed.log if r.getMessage() == "docker container skipped"]
+    assert [getattr(r, "error", "") for r in skipped] == [
+        f"container '{bad.name}': label 'healthcheck.path': path 'x' must start with '/'"
+    ]
+    assert bad.short_id not in {t.id for t in followed.targets()}
+
+
+async def test_container_on_a_network_of_its_own_is_readdressed_when_its_ip_changes(
+    docker_engine: Engine, busybox_image: str, followed: Followed
+) -> None:
+    # An internal network on a documentation range: nothing here ever sends a packet there
+    # (no checks run in this test; the source only reads the engine).
+    network = f"hc-test-{uuid.uuid4().hex[:8]}"
+    await docker_engine.arun(
+        "network", "create", "--internal", "--subnet=192.0.2.0/24", f"--label={TEST_LABEL}=1",
+        network,
+    )  # fmt: skip
+    name = f"hc-test-{uuid.uuid4().hex[:10]}"
+    try:
+        await docker_engine.arun(
+            "run", "--detach", f"--name={name}", f"--network={network}", "--ip=192.0.2.10",
+            f"--label=healthcheck.app={followed.app}", "--label=healthcheck.port=8080",
+            f"--label={TEST_LABEL}=1", BUSYBOX_IMAGE, "sleep", "600",
+        )  # fmt: skip
+        await followed.until(
+            lambda t: [x.ip for x in t] == ["192.0.2.10"], "the container on its network"
+        )
+        await docker_engine.arun("network", "disconnect", network, name)
+        await docker_engine.arun("network", "connect", "--ip=192.0.2.20", network, name)
+        await followed.until(lambda t: [x.ip for x in t] == ["192.0.2.20"], "the new address")
+    finally:
+        await docker_engine.arun("rm", "--force", name)
+        await docker_engine.arun("network", "rm", network)
+
+
+async def test_unreachable_engine_keeps_nothing_it_never_had_and_counts_failures() -> None:
+    logger = logging.getLogger("test.docker.unreachable")
+    source = DockerSource(EngineAddress.parse("unix:///nonexistent/docker.sock"), None, logger)
+    with pytest.raises(EngineError, match=r"unix:///nonexistent/docker\.sock"):
+        await source.load()
+    task = asyncio.create_task(source.run(lambda: None))
+    try:
+        await eventually(
+            _value(lambda: source.health.failures), lambda n: n >= 2, what="two failed attempts"
+        )
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert source.get_health_check_targets() == []
+    assert source.health.last_error is not None and "nonexistent" in source.health.last_error
+
+
+def _value(read: Callable[[], Any]) -> Callable[[], Any]:
+    async def probe() -> Any:
+        return read()
+
+    return probe
+
+
+async def test_engine_behind_a_tcp_socket_proxy_is_followed_too(
+    docker_engine: Engine, containers: Containers
+) -> None:
+    socket_path = docker_engine.host.removeprefix("unix://")
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            while data := await source.read(65536):
+                sink.write(data)
+                await sink.drain()
+            sink.close()
+
+        engine_reader, engine_writer = await asyncio.open_unix_connection(socket_path)
+        await asyncio.gather(pipe(reader, engine_writer), pipe(engine_reader, writer))
+
+    proxy = await asyncio.start_server(relay, "127.0.0.1", 0)
+    port = proxy.sockets[0].getsockname()[1]
+    source = DockerSource(EngineAddress.parse(f"tcp://127.0.0.1:{port}"), None, logging.getLogger())
+    app = f"app{uuid.uuid4().hex[:8]}"
+    task = asyncio.create_task(source.run(lambda: None))
+    try:
+        httpd = await containers.httpd(app)
+        await eventually(
+            _value(lambda: [t.id for t in source.get_health_check_targets() if t.app_name == app]),
+            lambda ids: ids == [httpd.short_id],
+            what="the container, through the proxy",
+        )
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        proxy.close()
+        await proxy.wait_closed()
