@@ -121,8 +121,9 @@ class SnapshotCollector(Collector):
         if self.snapshot.agent is not None:
             yield _counter_by_result(
                 "healthcheck_agent_requests",
-                "HAProxy agent checks answered, by result: up, down, unchecked (not checked yet:"
-                " nothing changes in HAProxy), unknown (id not checked here: nothing changes),"
+                "HAProxy agent checks answered, by result: up, down, pending (state not confirmed"
+                " by the checks yet: nothing changes in HAProxy), unknown (id not checked here:"
+                " nothing changes),"
                 " error (no line in time, too long or not ASCII: dropped unanswered).",
                 self.snapshot.agent.requests,
             )

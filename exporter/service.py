@@ -7,12 +7,11 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, fields
-from functools import partial
 
 import jinja2
 from aiohttp import web
 
-from exporter.haproxy.agent import AgentServer, answer_from_state
+from exporter.haproxy.agent import AgentServer, AnswerFromState
 from exporter.haproxy.membership import MembershipFile
 from exporter.haproxy.render import AgentCheck
 from exporter.haproxy.updater import HAProxyOptions, HAProxyUpdater
@@ -131,7 +130,7 @@ async def serve(
             haproxy.track(lambda: [(e.target, e.state) for e in monitor.tracker.entries()])
         await haproxy.start()
     agent = (
-        AgentServer(partial(answer_from_state, monitor.tracker), logger, settings.agent_timeout)
+        AgentServer(AnswerFromState(monitor.tracker), logger, settings.agent_timeout)
         if agent_mode
         else None
     )
@@ -206,7 +205,7 @@ async def _start_agent(agent: AgentServer, settings: Settings) -> None:
             f"HEALTHCHECK_AGENT_LISTEN_ADDRESS: cannot listen on {settings.agent_listen_address}:"
             f" {err.strerror or err}"
         ) from None
-    logger.info("agent listening", extra={"address": ",".join(bound)})
+    logger.info("agent ready", extra={"address": ",".join(bound)})
 
 
 def _reload_on_sighup(provider: FileTargetProvider, monitor: HealthMonitor) -> None:

@@ -117,13 +117,15 @@ async def _pump(stream: asyncio.StreamReader, sink: list[str]) -> None:
 
 @contextlib.asynccontextmanager
 async def haproxy(
-    directory: Path, initial_backends: str = "backend web\n"
+    directory: Path, initial_backends: str = "backend web\n", main_cfg: str = MAIN_CFG
 ) -> AsyncIterator[HAProxy]:
-    """Start `haproxy -W -S master.sock -f haproxy.cfg -f backends.cfg` and wait until it serves."""
+    """Start `haproxy -W -S master.sock -f haproxy.cfg -f backends.cfg` and wait until it serves.
+
+    `main_cfg` is formatted with `dir` (the directory) and `port` (the frontend's port)."""
     binary = haproxy_binary()
     assert binary is not None
     hx = HAProxy(binary, directory, unused_port())
-    hx.main_cfg.write_text(MAIN_CFG.format(dir=directory, port=hx.port))
+    hx.main_cfg.write_text(main_cfg.format(dir=directory, port=hx.port))
     hx.backends_cfg.write_text(initial_backends)
     hx.proc = await asyncio.create_subprocess_exec(
         binary, "-W", "-S", str(hx.master_socket), "-f", str(hx.main_cfg), "-f",
@@ -172,6 +174,7 @@ class Backend:
         app = web.Application()
         app.router.add_get("/", hello)
         app.router.add_get("/health", hello)
+        app.router.add_get("/api", hello)  # a second app behind the same frontend
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()

@@ -21,7 +21,7 @@ from typing import cast
 
 from exporter.model import TargetState
 from exporter.settings import format_address
-from exporter.state import StateTracker
+from exporter.state import StateTracker, TargetEntry
 
 LINE_LIMIT = 256  # bytes of the request line; a longer one is an error and gets no answer
 LOG_PERIOD = 60.0  # seconds between two log lines about unknown ids, or about errors
@@ -29,35 +29,59 @@ BACKLOG = 4096  # pending connections: HAProxy's checks of many servers arrive i
 
 UP = b"up\n"
 NO_CHANGE = b"\n"  # no state word: HAProxy changes nothing (tested on 2.6)
-RESULTS = ("up", "down", "unchecked", "unknown", "error")
+RESULTS = ("up", "down", "pending", "unknown", "error")
 
 Answer = tuple[str, bytes]  # (result label of healthcheck_agent_requests_total, reply line)
 Decide = Callable[[str], Answer]
 
 
-def answer_from_state(tracker: StateTracker, target_id: str) -> Answer:
-    """What the agent answers for `target_id`: the checker's verdict.
+class AnswerFromState:
+    """What the agent answers for a target id: the checker's verdict, once it is confirmed.
 
-    This is the one place that decides an agent answer. The safety floor (issue 6: an app in
-    panic, with too few healthy targets, keeps all of them in rotation) plugs in here: for a
+    `__call__` is the one place that decides an agent answer. The safety floor (issue 6: an app
+    in panic, with too few healthy targets, keeps all of them in rotation) plugs in here: for a
     target of a panicking app it must answer `up` whatever the state.
 
-    A target not checked yet (just added, or the exporter just restarted) answers nothing that
-    changes HAProxy: the server keeps the state HAProxy last had for it, instead of an `up`
-    nobody has verified.
+    `up` is said only for a state the checks have confirmed: after `rise` successes in a row, or
+    after a change of state (or a restored one). Until then (a target just added, an exporter
+    just restarted, even with a failure or two below `fall`) the answer changes nothing: the
+    server keeps the state HAProxy last had for it, instead of an `up` nobody verified.
+    Confirmation is sticky for the life of the tracker entry.
     """
-    entry = tracker.get_entry(target_id)
-    if entry is None:
-        return "unknown", NO_CHANGE
-    if not entry.checked:
-        return "unchecked", NO_CHANGE
-    if entry.state is TargetState.HEALTHY:
+
+    def __init__(self, tracker: StateTracker) -> None:
+        self.tracker = tracker
+        self._confirmed: dict[str, TargetEntry] = {}
+
+    def __call__(self, target_id: str) -> Answer:
+        entry = self.tracker.get_entry(target_id)
+        if entry is None:
+            return "unknown", NO_CHANGE
+        if not entry.checked:
+            return "pending", NO_CHANGE
+        if entry.state is TargetState.UNHEALTHY:
+            return "down", down_reply(entry)
+        if self._confirmed.get(target_id) is not entry:
+            if entry.last_change is None and entry.consecutive_successes < entry.rise:
+                return "pending", NO_CHANGE
+            self._confirm(target_id, entry)
         return "up", UP
+
+    def _confirm(self, target_id: str, entry: TargetEntry) -> None:
+        confirmed = self._confirmed
+        confirmed[target_id] = entry
+        if len(confirmed) > 2 * len(self.tracker) + 100:  # forget targets that are gone
+            for stale in [i for i, e in confirmed.items() if self.tracker.get_entry(i) is not e]:
+                del confirmed[stale]
+
+
+def down_reply(entry: TargetEntry) -> bytes:
+    """`down #<reason>`: the text after `#` is what HAProxy shows as the check description."""
     result = entry.last_result
     reason = "unhealthy" if result is None or result.reason is None else str(result.reason)
     if result is not None and result.status_code:
         reason += f" {result.status_code}"
-    return "down", f"down #{reason}\n".encode()
+    return f"down #{reason}\n".encode()
 
 
 @dataclass
