@@ -4,6 +4,7 @@ it goes with (every target, agent-check options, changed by membership only)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import time
@@ -22,6 +23,7 @@ from exporter.shard import Shard, shard_of
 from exporter.state import StateTracker
 from tests.process import run_cli
 
+DASHBOARD = Path(__file__).parent.parent / "grafana" / "dashboards" / "healthcheck.json"
 WEB1 = Target("web-1", "web", "127.0.0.1", "8081")
 WEB2 = Target("web-2", "web", "127.0.0.1", "8082")
 NEW = Target("web-new", "web", "127.0.0.1", "8083")
@@ -368,3 +370,13 @@ def test_shard_of_the_agent_file_matches_the_checking_replica():
         assert f"agent-addr {'ab'[owner]} agent-port {owner + 1} " in check.server_options(
             target.id
         )
+
+
+def test_dashboard_shows_agent_answers_in_the_agent_range():
+    dashboard = json.loads(DASHBOARD.read_text())
+    agent_panels = [
+        p
+        for p in dashboard["panels"]
+        if any("healthcheck_agent_requests_total" in t["expr"] for t in p.get("targets", []))
+    ]
+    assert agent_panels and all(200 <= p["id"] <= 219 for p in agent_panels)
