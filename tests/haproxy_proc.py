@@ -96,6 +96,18 @@ class HAProxy:
                 servers[fields[3]] = int(fields[6])
         return servers
 
+    async def op_states(self, *backends: str) -> dict[str, int]:
+        """Server name -> operational state (0 stopped, 2 running) over `backends`, from the
+        Runtime API: what agent checks change."""
+        states: dict[str, int] = {}
+        for backend in backends or ("web",):
+            answer = await self.admin(f"show servers state {backend}")
+            for line in answer.splitlines()[2:]:
+                fields = line.split()
+                if len(fields) > 6:
+                    states[fields[3]] = int(fields[5])
+        return states
+
     async def wait_for_servers(
         self, condition: object, timeout: float = 15.0, backend: str = "web"
     ) -> dict[str, int]:
@@ -262,6 +274,7 @@ def reload_env(mode: str, hx: HAProxy) -> dict[str, str]:
 
 
 MAINT = 0x01  # srv_admin_state flag: forced maintenance (no traffic)
+RUNNING = 2  # srv_op_state: running (0: stopped)
 
 
 def in_rotation(servers: dict[str, int], server: str) -> bool:

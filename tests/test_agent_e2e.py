@@ -20,6 +20,7 @@ from exporter.settings import parse_duration
 from exporter.shard import shard_of
 from tests.haproxy_proc import (
     MAIN_CFG,
+    RUNNING,
     Backend,
     HAProxy,
     Load,
@@ -45,19 +46,6 @@ INTERVAL, FALL, RISE, AGENT_INTER = "200ms", 2, 2, "300ms"
 # The issue's bound: a dead backend leaves both HAProxies within fall x interval + agent-inter
 # + 1 s of its death.
 EVICTION_BOUND = FALL * parse_duration(INTERVAL) + parse_duration(AGENT_INTER) + 1.0
-RUNNING = 2  # srv_op_state of `show servers state`: 0 stopped, 2 running
-
-
-async def op_states(hx: HAProxy) -> dict[str, int]:
-    """Server name -> operational state, over both backends."""
-    states: dict[str, int] = {}
-    for backend in ("web", "api"):
-        answer = await hx.admin(f"show servers state {backend}")
-        for line in answer.splitlines()[2:]:
-            fields = line.split()
-            if len(fields) > 6:
-                states[fields[3]] = int(fields[5])
-    return states
 
 
 async def wait_everywhere(
@@ -66,7 +54,7 @@ async def wait_everywhere(
     """Poll every HAProxy until `condition` holds in all of them; returns when it did."""
     deadline = time.monotonic() + timeout
     while True:
-        states = [await op_states(hx) for hx in proxies]
+        states = [await hx.op_states("web", "api") for hx in proxies]
         if all(condition(s) for s in states):
             return time.monotonic()
         if time.monotonic() > deadline:
@@ -207,7 +195,7 @@ async def test_two_haproxies_two_sharded_exporters_in_agent_mode(tmp_path: Path)
                     expected = {i: (RUNNING if i != down1 else 0) for i in fleet.ids}
                     while time.monotonic() < frozen + 6 * parse_duration(AGENT_INTER):
                         for hx in proxies:
-                            assert await op_states(hx) == expected
+                            assert await hx.op_states("web", "api") == expected
                         await asyncio.sleep(0.05)
                     stopped_requests = [r for c in loads for r in c.results if r.started > frozen]
 
@@ -217,7 +205,7 @@ async def test_two_haproxies_two_sharded_exporters_in_agent_mode(tmp_path: Path)
                     e1 = await exporter1.__aenter__()
                     for _ in range(4):  # a few agent rounds after the restart
                         for hx in proxies:
-                            assert (await op_states(hx))[down1] != RUNNING
+                            assert (await hx.op_states("web", "api"))[down1] != RUNNING
                         await asyncio.sleep(parse_duration(AGENT_INTER))
                     await fleet.backend[down1].start()
                     await wait_everywhere(proxies, lambda s: s[down1] == RUNNING, 15)
