@@ -25,11 +25,13 @@ import signal
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from exporter.settings import parse_duration
 from tests.haproxy_proc import (
     RUNNING,
+    Backend,
     HAProxy,
     backends,
     haproxy,
@@ -47,6 +49,16 @@ RESULTS = Path(__file__).parent / "results" / "failover.json"
 RELOADS = 5  # HAProxy reloads with a dead server, in mode agent
 
 
+def checks_env(interval: str, fall: int, rise: int, targets: Sequence[Backend]) -> dict[str, str]:
+    return {
+        "HEALTHCHECK_INTERVAL": interval,
+        "HEALTHCHECK_TIMEOUT": "1s",
+        "HEALTHCHECK_FALL": str(fall),
+        "HEALTHCHECK_RISE": str(rise),
+        "HEALTHCHECK_TARGETS": ", ".join(b.target for b in targets),
+    }
+
+
 async def measure(
     mode: str, kills: int, interval: str, fall: int, rise: int, agent_inter: str
 ) -> dict[str, object]:
@@ -54,14 +66,7 @@ async def measure(
         return await measure_agent(kills, interval, fall, rise, agent_inter)
     with tempfile.TemporaryDirectory(prefix=f"failover-{mode}-") as tmp:
         async with backends() as (b0, b1, b2), haproxy(Path(tmp)) as hx:
-            env = {
-                **reload_env(mode, hx),
-                "HEALTHCHECK_INTERVAL": interval,
-                "HEALTHCHECK_TIMEOUT": "1s",
-                "HEALTHCHECK_FALL": str(fall),
-                "HEALTHCHECK_RISE": str(rise),
-                "HEALTHCHECK_TARGETS": ", ".join(b.target for b in (b0, b1, b2)),
-            }
+            env = {**reload_env(mode, hx), **checks_env(interval, fall, rise, (b0, b1, b2))}
             async with exporter(env) as proc:
                 await hx.wait_for_servers(lambda s: len(s) == 3, 30)
                 windows: list[tuple[float, float]] = []
@@ -123,13 +128,9 @@ async def measure_agent(
         async with backends() as (b0, b1, b2), haproxy(Path(tmp)) as hx:
             env = {
                 **reload_env("master-socket", hx),  # loads the file once at start
+                **checks_env(interval, fall, rise, (b0, b1, b2)),
                 "HEALTHCHECK_AGENT_LISTEN_ADDRESS": f"127.0.0.1:{unused_port()}",
                 "HEALTHCHECK_AGENT_INTER": agent_inter,
-                "HEALTHCHECK_INTERVAL": interval,
-                "HEALTHCHECK_TIMEOUT": "1s",
-                "HEALTHCHECK_FALL": str(fall),
-                "HEALTHCHECK_RISE": str(rise),
-                "HEALTHCHECK_TARGETS": ", ".join(b.target for b in (b0, b1, b2)),
             }
             async with exporter(env) as proc:
                 await hx.wait_for_servers(lambda s: len(s) == 3, 30)
