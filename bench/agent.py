@@ -35,6 +35,7 @@ from bench.meter import read, window
 from bench.ours import Exporter, counted, lag_figures, running_exporter, steady
 from bench.procs import HELPER_CORE, Child, pin_self, started, wait_until
 from bench.target import (
+    CHECKER_CFG,
     HAProxyProcess,
     endpoints,
     haproxy_checker,
@@ -52,26 +53,8 @@ ANSWERS = "healthcheck_agent_requests_total"
 OWN_CHECK_SERVERS = 2000
 CPU_GOAL = 0.5  # of one core, for checks and answers together
 
-POLLER_CFG = """\
-global
-    nbthread 1
-    maxconn 4000
-    stats socket {socket} mode 600 level admin
-
-defaults
-    mode http
-    timeout connect 1s
-    timeout client 5s
-    timeout server 5s
-    timeout check 2s
-
-frontend alive
-    bind 127.0.0.1:{port}
-    http-request return status 200
-
-backend polled
-{servers}
-"""
+# The checker's global and defaults sections, and a backend of servers with agent checks only.
+POLLER_CFG = CHECKER_CFG.partition("backend checked")[0] + "backend polled\n{servers}\n"
 
 
 def target_id(address: str, port: int) -> str:
