@@ -14,7 +14,7 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,10 +95,16 @@ WITHOUT_UVLOOP = (
 
 @contextlib.asynccontextmanager
 async def running_exporter(
-    work: Path, name: str, targets: int, interval: str, uvloop: bool = True
+    work: Path,
+    name: str,
+    targets: int,
+    interval: str,
+    uvloop: bool = True,
+    extra_env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Exporter]:
     """`python -m exporter` pinned to the measured core; yields once `/-/ready` (first round).
-    With `uvloop` false, it runs on the standard asyncio loop although uvloop is installed."""
+    With `uvloop` false, it runs on the standard asyncio loop although uvloop is installed;
+    `extra_env` adds HEALTHCHECK_* settings."""
     targets_file = work / f"{name}-targets.json"
     write_targets(targets_file, targets)
     port = unused_port()
@@ -107,6 +113,7 @@ async def running_exporter(
             "HEALTHCHECK_TARGETS_FILE": str(targets_file),
             "HEALTHCHECK_INTERVAL": interval,
             "HEALTHCHECK_LISTEN_ADDRESS": f"127.0.0.1:{port}",
+            **(extra_env or {}),
         }
     )
     argv = [sys.executable, "-m", "exporter"] if uvloop else [sys.executable, "-c", WITHOUT_UVLOOP]

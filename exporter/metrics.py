@@ -23,6 +23,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import REGISTRY, Collector
 
 from exporter import __version__
+from exporter.haproxy.agent import AgentStats
 from exporter.haproxy.updater import HAProxyStats
 from exporter.model import Config, TargetState
 from exporter.monitor import HealthMonitor
@@ -62,6 +63,7 @@ class Snapshot:
     build_labels: dict[str, str]
     file_reloads: tuple[int, int, float] | None = None
     haproxy: HAProxyStats | None = None
+    agent: AgentStats | None = None
 
 
 def take_snapshot(
@@ -69,6 +71,7 @@ def take_snapshot(
     build_labels: dict[str, str],
     reloads: ReloadStats | None = None,
     haproxy: HAProxyStats | None = None,
+    agent: AgentStats | None = None,
 ) -> Snapshot:
     """Copy what `/metrics` shows out of the monitor. Call it on the event loop thread."""
     return Snapshot(
@@ -91,6 +94,7 @@ def take_snapshot(
             else None
         ),
         haproxy=copy.deepcopy(haproxy),
+        agent=copy.deepcopy(agent),
     )
 
 
@@ -114,6 +118,15 @@ class SnapshotCollector(Collector):
         yield from self._histograms()
         if self.snapshot.haproxy is not None:
             yield from _haproxy_families(self.snapshot.haproxy)
+        if self.snapshot.agent is not None:
+            yield _counter_by_result(
+                "healthcheck_agent_requests",
+                "HAProxy agent checks answered, by result: up, down, pending (state not confirmed"
+                " by the checks yet: nothing changes in HAProxy), unknown (id not checked here:"
+                " nothing changes),"
+                " error (no line in time, too long or not ASCII: dropped unanswered).",
+                self.snapshot.agent.requests,
+            )
 
     def _exporter_families(self) -> Iterator[Metric]:
         snap = self.snapshot

@@ -12,6 +12,9 @@ import jinja2
 from aiohttp import web
 
 from exporter.checks.options import OptionValues, parse_check_defaults
+from exporter.haproxy.agent import AgentServer, AnswerFromState
+from exporter.haproxy.membership import MembershipFile
+from exporter.haproxy.render import AgentCheck
 from exporter.haproxy.updater import HAProxyOptions, HAProxyUpdater
 from exporter.metrics import ReloadStats, build_labels, take_snapshot
 from exporter.model import ConfigUpdater, Target, TargetProvider
@@ -42,6 +45,13 @@ class TargetSource:
     @property
     def reload_stats(self) -> ReloadStats | None:
         return self.file
+
+    @property
+    def unsharded(self) -> TargetProvider:
+        """Every target, whatever this replica's shard (agent mode's HAProxy file lists all)."""
+        if isinstance(self.provider, ShardedProvider):
+            return self.provider.inner
+        return self.provider
 
 
 def target_source(settings: Settings) -> TargetSource:
@@ -124,12 +134,16 @@ def haproxy_updater(settings: Settings) -> HAProxyUpdater | None:
     if path.is_dir():
         raise ConfigError(f"HEALTHCHECK_HAPROXY_CONFIG: {path} is a directory, not a file")
     # HAProxyOptions' fields are the HEALTHCHECK_HAPROXY_* settings without their prefix.
+    agent = None
+    if settings.agent_listen_address is not None:
+        agent = AgentCheck(settings.agent_addresses(), settings.agent_inter)
     options = HAProxyOptions(
         config=path,
+        agent=agent,
         **{
             f.name: getattr(settings, f"haproxy_{f.name}")
             for f in fields(HAProxyOptions)
-            if f.name != "config"
+            if f.name not in ("config", "agent")
         },
     )
     try:
@@ -157,15 +171,30 @@ async def serve(
     loop = asyncio.get_running_loop()
     await load_sources(source)
     haproxy = haproxy_updater(settings) if updater is None else None
-    monitor = HealthMonitor(
-        settings.monitor_config(), source.provider, updater or haproxy or LoggingUpdater(), logger
-    )
+    agent_mode = settings.agent_listen_address is not None
+    # In agent mode, health reaches HAProxy through the agent: the file follows membership only.
+    on_health = updater or (None if agent_mode else haproxy) or LoggingUpdater()
+    monitor = HealthMonitor(settings.monitor_config(), source.provider, on_health, logger)
+    membership: MembershipFile | None = None
     if haproxy is not None:
-        haproxy.track(lambda: [(e.target, e.state) for e in monitor.tracker.entries()])
+        if agent_mode:
+            membership = MembershipFile(source.unsharded, haproxy, logger)
+            haproxy.track(membership.states)
+        else:
+            haproxy.track(lambda: [(e.target, e.state) for e in monitor.tracker.entries()])
         await haproxy.start()
+    agent = (
+        AgentServer(AnswerFromState(monitor.tracker), logger, settings.agent_timeout)
+        if agent_mode
+        else None
+    )
     labels = build_labels(event_loop_name(), settings.shard or "")
     stats = haproxy.stats if haproxy is not None else None
-    app = make_app(monitor, lambda: take_snapshot(monitor, labels, source.reload_stats, stats))
+    agent_stats = agent.stats if agent is not None else None
+    app = make_app(
+        monitor,
+        lambda: take_snapshot(monitor, labels, source.reload_stats, stats, agent_stats),
+    )
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.5)
     await runner.setup()
     stop = asyncio.Event()
@@ -175,6 +204,10 @@ async def serve(
         site = web.TCPSite(runner, settings.listen_host, settings.listen_port)
         await site.start()
         addresses = [_format_address(a) for a in runner.addresses]
+        if agent is not None:
+            await _start_agent(agent, settings)
+        if membership is not None:
+            follow = loop.create_task(membership.run())
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         if source.file is not None:
@@ -211,10 +244,25 @@ async def serve(
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        if agent is not None:
+            await agent.stop()
         await monitor.stop()
         if haproxy is not None:
             await haproxy.stop()
         await runner.cleanup()
+
+
+async def _start_agent(agent: AgentServer, settings: Settings) -> None:
+    assert settings.agent_listen_address is not None
+    host, port = settings.agent_host_port()
+    try:
+        bound = await agent.start(host, port)
+    except OSError as err:
+        raise ConfigError(
+            f"HEALTHCHECK_AGENT_LISTEN_ADDRESS: cannot listen on {settings.agent_listen_address}:"
+            f" {err.strerror or err}"
+        ) from None
+    logger.info("agent ready", extra={"address": ",".join(bound)})
 
 
 def _reload_on_sighup(provider: FileTargetProvider, monitor: HealthMonitor) -> None:

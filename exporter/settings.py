@@ -411,6 +411,32 @@ class Settings(BaseSettings):
         " (existing sessions only).",
     )
 
+    # --- agent mode (issue 16): HAProxy agent checks answered by the exporter -------------------
+    agent_listen_address: str | None = Field(
+        default=None,
+        description="Answer HAProxy agent checks here (host:port, :port or [ipv6]:port): HAProxy"
+        " sends a target id, the exporter answers its state. Unset: no agent.",
+    )
+    agent_address: str | None = Field(
+        default=None,
+        description="host:port HAProxy connects to for agent checks (agent-addr and agent-port in"
+        " the HAProxy file); default: the agent listen address, required when that is a wildcard.",
+    )
+    agent_inter: Duration = Field(
+        default=2.0,
+        description="Time between two agent checks of one server by HAProxy (agent-inter in the"
+        " HAProxy file).",
+    )
+    agent_timeout: Duration = Field(
+        default=1.0,
+        description="Time an agent client may take to send its line before it is dropped.",
+    )
+    agent_shard_addresses: str | None = Field(
+        default=None,
+        description="With HEALTHCHECK_SHARD=i/n: n comma-separated host:port, entry k the agent of"
+        " shard k; the HAProxy file then lists every target, each pointing at its shard's agent.",
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -434,12 +460,7 @@ class Settings(BaseSettings):
     @field_validator("listen_address")
     @classmethod
     def _check_listen_address(cls, value: str) -> str:
-        address = value.strip()
-        try:
-            _parse_listen_address(address)
-        except ValueError as exc:
-            raise ValueError(f"invalid address {quoted(value)}: {exc}") from None
-        return address
+        return checked_listen_address(value)
 
     @model_validator(mode="after")
     def _check_one_target_source(self) -> Settings:
@@ -513,6 +534,92 @@ class Settings(BaseSettings):
                 raise ValueError(f"{mode} needs {_variable_name(field)}")
         return self
 
+    @field_validator("agent_listen_address")
+    @classmethod
+    def _check_agent_listen_address(cls, value: str | None) -> str | None:
+        return None if value is None else checked_listen_address(value)
+
+    @field_validator("agent_address")
+    @classmethod
+    def _check_agent_address(cls, value: str | None) -> str | None:
+        return None if value is None else format_address(parse_agent_address(value))
+
+    @field_validator("agent_shard_addresses")
+    @classmethod
+    def _check_agent_shard_addresses(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return ",".join(format_address(parse_agent_address(a)) for a in value.split(","))
+
+    @model_validator(mode="after")
+    def _check_agent(self) -> Settings:
+        if self.agent_listen_address is None:
+            fields = type(self).model_fields
+            extra = [
+                name
+                for name in fields
+                if name.startswith("agent_") and getattr(self, name) != fields[name].default
+            ]
+            if extra:
+                needed = f"{ENV_PREFIX}AGENT_LISTEN_ADDRESS (agent mode)"
+                raise ValueError(f"{_variable_name(extra[0])}: needs {needed}")
+            return self
+        if self.agent_shard_addresses is not None:
+            if self.shard is None:
+                raise ValueError(
+                    f"{ENV_PREFIX}AGENT_SHARD_ADDRESSES: needs {ENV_PREFIX}SHARD (i/n)"
+                )
+            shard = Shard.parse(self.shard)
+            entries = self.agent_shard_addresses.split(",")
+            if len(entries) != shard.count:
+                raise ValueError(
+                    f"{ENV_PREFIX}AGENT_SHARD_ADDRESSES: {ENV_PREFIX}SHARD={shard} needs"
+                    f" {shard.count} addresses, one per shard (got {len(entries)})"
+                )
+            own = entries[shard.index]
+            if self.agent_address is not None and self.agent_address != own:
+                raise ValueError(
+                    f"{ENV_PREFIX}AGENT_ADDRESS: {self.agent_address} differs from entry"
+                    f" {shard.index} of {ENV_PREFIX}AGENT_SHARD_ADDRESSES ({own})"
+                )
+        if self.haproxy_config is None:
+            return self
+        if self.haproxy_reload == "runtime-api":
+            raise ValueError(
+                f"{ENV_PREFIX}HAPROXY_RELOAD: runtime-api sets server states itself, agent mode"
+                f" leaves them to the agent: use signal, master-socket, command or none with"
+                f" {ENV_PREFIX}AGENT_LISTEN_ADDRESS"
+            )
+        if self.shard is not None and self.agent_shard_addresses is None:
+            raise ValueError(
+                f"{ENV_PREFIX}AGENT_SHARD_ADDRESSES: required with {ENV_PREFIX}SHARD and"
+                f" {ENV_PREFIX}HAPROXY_CONFIG in agent mode (the file lists every target, each"
+                " pointing at the agent of its shard)"
+            )
+        if self.agent_address is None and self.agent_shard_addresses is None:
+            host, port = _parse_listen_address(self.agent_listen_address)
+            if host is None or ipaddress_is_wildcard(host) or port == 0:
+                raise ValueError(
+                    f"{ENV_PREFIX}AGENT_ADDRESS: required: {ENV_PREFIX}AGENT_LISTEN_ADDRESS"
+                    f" {quoted(self.agent_listen_address)} does not say which address HAProxy"
+                    " connects to (a wildcard host or port 0)"
+                )
+        return self
+
+    def agent_host_port(self) -> tuple[str | None, int]:
+        """Where the agent listens: (host, port), host None for every interface."""
+        assert self.agent_listen_address is not None
+        return _parse_listen_address(self.agent_listen_address)
+
+    def agent_addresses(self) -> tuple[tuple[str, int], ...]:
+        """The agents the HAProxy file points at: one per shard, or this exporter's alone."""
+        if self.agent_shard_addresses is not None:
+            return tuple(parse_agent_address(a) for a in self.agent_shard_addresses.split(","))
+        if self.agent_address is not None:
+            return (parse_agent_address(self.agent_address),)
+        assert self.agent_listen_address is not None
+        return (parse_agent_address(self.agent_listen_address),)
+
     @property
     def listen_host(self) -> str | None:
         """Host to bind; None for `:port`, which asyncio and aiohttp bind on all interfaces."""
@@ -536,9 +643,46 @@ class Settings(BaseSettings):
         )
 
 
+def checked_listen_address(value: str) -> str:
+    address = value.strip()
+    try:
+        _parse_listen_address(address)
+    except ValueError as exc:
+        raise ValueError(f"invalid address {quoted(value)}: {exc}") from None
+    return address
+
+
 def _parse_listen_address(address: str) -> tuple[str | None, int]:
     host, port = split_host_port(address)
     return (check_host(host) if host else None), parse_port(port, minimum=0)
+
+
+def ipaddress_is_wildcard(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+def parse_agent_address(text: str) -> tuple[str, int]:
+    """`host:port` (or `[ipv6]:port`) that HAProxy can connect to: a host that is not a
+    wildcard, a port in 1..65535. Raises ValueError naming what is wrong."""
+    address = text.strip()
+    try:
+        host, port = split_host_port(address)
+        if not host:
+            raise ValueError("missing host")
+        check_host(host)
+        if ipaddress_is_wildcard(host):
+            raise ValueError(f"{host} is a wildcard, not an address HAProxy can connect to")
+        return host, parse_port(port)
+    except ValueError as exc:
+        raise ValueError(f"invalid address {quoted(text)}: {exc}") from None
+
+
+def format_address(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _variable_name(field_name: str) -> str:

@@ -96,6 +96,18 @@ class HAProxy:
                 servers[fields[3]] = int(fields[6])
         return servers
 
+    async def op_states(self, *backends: str) -> dict[str, int]:
+        """Server name -> operational state (0 stopped, 2 running) over `backends`, from the
+        Runtime API: what agent checks change."""
+        states: dict[str, int] = {}
+        for backend in backends or ("web",):
+            answer = await self.admin(f"show servers state {backend}")
+            for line in answer.splitlines()[2:]:
+                fields = line.split()
+                if len(fields) > 6:
+                    states[fields[3]] = int(fields[5])
+        return states
+
     async def wait_for_servers(
         self, condition: object, timeout: float = 15.0, backend: str = "web"
     ) -> dict[str, int]:
@@ -117,13 +129,15 @@ async def _pump(stream: asyncio.StreamReader, sink: list[str]) -> None:
 
 @contextlib.asynccontextmanager
 async def haproxy(
-    directory: Path, initial_backends: str = "backend web\n"
+    directory: Path, initial_backends: str = "backend web\n", main_cfg: str = MAIN_CFG
 ) -> AsyncIterator[HAProxy]:
-    """Start `haproxy -W -S master.sock -f haproxy.cfg -f backends.cfg` and wait until it serves."""
+    """Start `haproxy -W -S master.sock -f haproxy.cfg -f backends.cfg` and wait until it serves.
+
+    `main_cfg` is formatted with `dir` (the directory) and `port` (the frontend's port)."""
     binary = haproxy_binary()
     assert binary is not None
     hx = HAProxy(binary, directory, unused_port())
-    hx.main_cfg.write_text(MAIN_CFG.format(dir=directory, port=hx.port))
+    hx.main_cfg.write_text(main_cfg.format(dir=directory, port=hx.port))
     hx.backends_cfg.write_text(initial_backends)
     hx.proc = await asyncio.create_subprocess_exec(
         binary, "-W", "-S", str(hx.master_socket), "-f", str(hx.main_cfg), "-f",
@@ -172,6 +186,7 @@ class Backend:
         app = web.Application()
         app.router.add_get("/", hello)
         app.router.add_get("/health", hello)
+        app.router.add_get("/api", hello)  # a second app behind the same frontend
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
@@ -259,6 +274,7 @@ def reload_env(mode: str, hx: HAProxy) -> dict[str, str]:
 
 
 MAINT = 0x01  # srv_admin_state flag: forced maintenance (no traffic)
+RUNNING = 2  # srv_op_state: running (0: stopped)
 
 
 def in_rotation(servers: dict[str, int], server: str) -> bool:

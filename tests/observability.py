@@ -40,7 +40,10 @@ ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "alerts" / "healthcheck.rules.yml"
 JOB = "healthcheck-exporter"  # the scrape job name the rules and docs use
 SCRAPE_INTERVAL = "1s"
-DEMO_ENV = {"HEALTHCHECK_INTERVAL": "200ms"}  # fall 3 at 200 ms: a dead backend is down in 0.6 s
+DEMO_ENV = {
+    "HEALTHCHECK_INTERVAL": "200ms",  # fall 3 at 200 ms: a dead backend is down in 0.6 s
+    "HEALTHCHECK_AGENT_LISTEN_ADDRESS": f"127.0.0.1:{unused_port()}",  # agent panels have data
+}
 SESSION_LOOP = pytest.mark.asyncio(loop_scope="session")
 T = TypeVar("T")
 

@@ -31,7 +31,13 @@ from exporter.haproxy.reload import (
     run_command,
     split_command,
 )
-from exporter.haproxy.render import Backend, TemplateRenderer, build_backends, render_default
+from exporter.haproxy.render import (
+    AgentCheck,
+    Backend,
+    TemplateRenderer,
+    build_backends,
+    render_default,
+)
 from exporter.haproxy.runtime import Desired, NeedsReload, RuntimeAPI, RuntimeSync, desired_servers
 from exporter.model import Target, TargetState
 
@@ -56,6 +62,7 @@ class HAProxyOptions:
     min_reload_interval: float = 1.0
     runtime_socket: Path | None = None
     unhealthy_state: str = "maint"
+    agent: AgentCheck | None = None  # agent mode: servers get agent-check options
 
 
 @dataclass
@@ -186,7 +193,10 @@ class HAProxyUpdater:
     def on_health_change(self, healthy_targets: Sequence[Target]) -> None:
         try:
             backends = build_backends(
-                self._states(), self.options.backend_prefix, self.include_unhealthy
+                self._states(),
+                self.options.backend_prefix,
+                self.include_unhealthy,
+                self.options.agent,
             )
             text = self._render(backends)
         except Exception as err:
@@ -241,7 +251,9 @@ class HAProxyUpdater:
 
     def _render(self, backends: list[Backend]) -> str:
         if self.template is not None:
-            return self.template.render(backends, self.include_unhealthy)
+            return self.template.render(
+                backends, self.include_unhealthy, self.options.agent is not None
+            )
         return render_default(backends, self.options.server_options)
 
     def _install(self, text: str) -> bool:
