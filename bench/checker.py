@@ -24,7 +24,7 @@ from typing import Any
 
 from bench.procs import MEASURED_CORE, pin_self
 from bench.target import endpoints, target_farm
-from exporter.checker import HTTPChecker
+from exporter.checks import HTTPChecker
 from exporter.model import Target
 
 RESULTS = Path(__file__).parent / "results" / "checker.json"

@@ -19,8 +19,9 @@ import pytest
 import uvloop
 
 from exporter import __version__
-from exporter import checker as checker_module
-from exporter.checker import MAX_HEADER_BYTES, HTTPChecker, ResponseHead
+from exporter.checks import HTTPChecker
+from exporter.checks import engine as checker_module
+from exporter.checks.http import MAX_HEADER_BYTES, ResponseHead
 from exporter.model import FailureReason, Result, RetryConfig, Target
 from tests.servers import (
     LOOPBACK,
@@ -653,7 +654,7 @@ async def test_check_all_cancellation_closes_every_connection(server: TargetServ
 
 OUT_OF_FDS = """
 import asyncio, collections, json, resource, sys
-from exporter.checker import HTTPChecker
+from exporter.checks import HTTPChecker
 from exporter.model import Target
 
 async def main():

@@ -22,10 +22,16 @@ from dataclasses import replace
 from typing import cast
 
 from exporter import __version__
+from exporter.checks.http import (
+    MAX_HEADER_BYTES,
+    InvalidRequest,
+    ResponseError,
+    ResponseHead,
+    invalid_request,
+    plain_request,
+    request_tail,
+)
 from exporter.model import FailureReason, Result, RetryConfig, Target, default_retry_config
-
-MAX_HEADER_BYTES = 16 * 1024
-"""Largest response header block accepted (status line and headers, with the blank line)."""
 
 DEFAULT_MAX_CONCURRENT = 10
 """`check_all`'s limit when given one <= 0 (the seed's fallback)."""
@@ -49,76 +55,6 @@ IDLE_GRACE = 1.0
 OnResult = Callable[[Result], object]
 
 
-class _ResponseError(Exception):
-    """A failure found in what the peer sent (or did not send), with its reason."""
-
-    def __init__(self, reason: FailureReason, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-class _InvalidRequest(Exception):
-    """A target that cannot be put in a request unaltered: refused before connecting."""
-
-
-def _parse_status_line(line: bytes) -> int:
-    """The status code of `HTTP/1.x NNN[ reason]`, or 0 when the line is not of that form."""
-    if (
-        len(line) >= 12
-        and line[:7] == b"HTTP/1."
-        and line[7] in b"01"
-        and line[8] == 0x20
-        and line[9] in b"123456789"
-        and line[10:12].isdigit()
-        and (len(line) == 12 or line[12] == 0x20)
-    ):
-        return int(line[9:12])
-    return 0
-
-
-class ResponseHead:
-    """Reads a response up to the end of its header block, from pieces split anywhere (no I/O).
-
-    `feed` returns True once the head is complete (`status` is set) or `error` is set.
-    """
-
-    __slots__ = ("_head", "error", "status")
-
-    def __init__(self) -> None:
-        self._head = b""
-        self.status = 0
-        self.error: _ResponseError | None = None
-
-    def feed(self, data: bytes) -> bool:
-        scanned = len(self._head)
-        head = self._head + data if scanned else data
-        if not self.status:
-            # Judge the status line as soon as it is complete, as Go does, so that a
-            # non-HTTP peer that sends a line and waits fails at once rather than by timeout.
-            line_end = head.find(b"\r\n", 0, MAX_HEADER_BYTES)
-            if line_end < 0:
-                return self._keep_or_fail(head)
-            self.status = _parse_status_line(head[:line_end])
-            if not self.status:
-                line = head[:line_end][:80].decode("ascii", "backslashreplace")
-                return self._fail(f"malformed status line {line!r}")
-        # Only a terminator within the first MAX_HEADER_BYTES counts, however large the read.
-        if head.find(b"\r\n\r\n", max(scanned - 3, 0), MAX_HEADER_BYTES) >= 0:
-            return True
-        return self._keep_or_fail(head)
-
-    def _keep_or_fail(self, head: bytes) -> bool:
-        """Keep an incomplete header block, or fail if it can no longer end within the cap."""
-        if len(head) >= MAX_HEADER_BYTES:
-            return self._fail(f"response header block exceeds {MAX_HEADER_BYTES} bytes")
-        self._head = head
-        return False
-
-    def _fail(self, message: str) -> bool:
-        self.error = _ResponseError(FailureReason.PROTOCOL_ERROR, message)
-        return True
-
-
 def _literal_family(host: str) -> int:
     """AF_INET or AF_INET6 when `host` is an IP address connect() takes as is, else 0 (a name,
     or an IPv6 address with a zone, which getaddrinfo must translate)."""
@@ -137,9 +73,9 @@ def _os_error(code: int) -> OSError:
 
 def _describe_failure(exc: Exception, target: Target, timeout: float) -> tuple[FailureReason, str]:
     """The reason and the human message (prefixed as in the seed) for a failed request."""
-    if isinstance(exc, _ResponseError):
+    if isinstance(exc, ResponseError):
         return exc.reason, f"request failed: {exc}"
-    if isinstance(exc, _InvalidRequest):  # no request was made: no "request failed" prefix
+    if isinstance(exc, InvalidRequest):  # no request was made: no "request failed" prefix
         return FailureReason.OTHER, str(exc)
     if isinstance(exc, TimeoutError):  # before OSError, of which it is a subclass
         return FailureReason.TIMEOUT, f"request failed: timed out after {timeout:g}s"
@@ -153,23 +89,6 @@ def _describe_failure(exc: Exception, target: Target, timeout: float) -> tuple[F
             return _ERRNO_REASONS[code], f"request failed: {os.strerror(code).lower()}"
         return FailureReason.OTHER, f"request failed: {exc}"
     return FailureReason.OTHER, f"request failed: {type(exc).__name__}: {exc}"
-
-
-def _invalid_request(target: Target) -> str | None:
-    """Why `target` cannot be put in a request line and Host header unaltered, or None."""
-    path = target.health_check_path
-    if not (path.startswith("/") and path.isascii() and path.isprintable() and " " not in path):
-        return (
-            f"invalid request: health check path {path!r} must start with '/'"
-            " and be printable ASCII without spaces"
-        )
-    host = target.ip
-    if not (host and host.isascii() and host.isprintable() and " " not in host):
-        return f"invalid request: host {host!r} must be a printable ASCII name or address"
-    port = target.port
-    if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
-        return f"invalid request: port {port!r} must be a number from 1 to 65535"
-    return None
 
 
 class _Reactor:
@@ -399,9 +318,9 @@ class Probe:
 
     def _begin(self) -> None:
         target = self._target
-        invalid = _invalid_request(target)
+        invalid = invalid_request(target)
         if invalid is not None:
-            self._fail(_InvalidRequest(invalid))
+            self._fail(InvalidRequest(invalid))
         else:
             self._pending = self._checker.request_for(target)
             port = int(target.port)
@@ -487,7 +406,7 @@ class Probe:
             return
         if not data:
             message = "connection closed before the response headers were complete"
-            self._fail(_ResponseError(FailureReason.CONNECTION_RESET, message))
+            self._fail(ResponseError(FailureReason.CONNECTION_RESET, message))
         elif self._head.feed(data):
             self._finish()
 
@@ -591,11 +510,7 @@ class HTTPChecker:
         if not (math.isfinite(timeout) and timeout > 0):
             raise ValueError(f"HTTPChecker timeout must be finite seconds > 0, got {timeout!r}")
         self._timeout = float(timeout)
-        # What follows the Host header's value in every request.
-        self._request_tail = (
-            f"\r\nUser-Agent: healthcheck-exporter/{__version__}"
-            "\r\nAccept: */*\r\nConnection: close\r\n\r\n"
-        )
+        self._request_tail = request_tail(__version__)
         self._reactor: _Reactor | None = None  # for the loop it last ran on
 
     @property
@@ -605,8 +520,7 @@ class HTTPChecker:
 
     def request_for(self, target: Target) -> bytes:
         """The request sent to a valid `target`."""
-        request = f"GET {target.health_check_path} HTTP/1.1\r\nHost: {target.address}"
-        return (request + self._request_tail).encode("ascii")
+        return plain_request(target, self._request_tail)
 
     def start(
         self, target: Target, on_done: OnResult, loop: asyncio.AbstractEventLoop | None = None
