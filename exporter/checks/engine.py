@@ -46,6 +46,8 @@ _ERRNO_REASONS = {
     errno.EADDRNOTAVAIL: FailureReason.NETWORK_UNREACHABLE,
     errno.ETIMEDOUT: FailureReason.TIMEOUT,
 }
+# The exporter's own shortages (descriptors, buffers, memory): they say nothing of the target.
+_LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _CONNECTING = (0, errno.EINPROGRESS)  # connect_ex's answers that mean "go on"
 _SEND_FLAGS = getattr(socket, "MSG_NOSIGNAL", 0)  # EPIPE as an error, never a signal
 
@@ -71,6 +73,10 @@ def _os_error(code: int) -> OSError:
     return OSError(code, os.strerror(code))
 
 
+class _WatchRefused(OSError):
+    """The OS would not watch one more socket (epoll's ENOSPC: fs.epoll.max_user_watches)."""
+
+
 def _describe_failure(exc: Exception, target: Target, timeout: float) -> tuple[FailureReason, str]:
     """The reason and the human message (prefixed as in the seed) for a failed request."""
     if isinstance(exc, ResponseError):
@@ -85,6 +91,11 @@ def _describe_failure(exc: Exception, target: Target, timeout: float) -> tuple[F
         return FailureReason.DNS, f"request failed: cannot resolve {target.ip!r}: invalid name"
     if isinstance(exc, OSError):
         code = exc.errno
+        if code in _LOCAL_ERRNOS or isinstance(exc, _WatchRefused):
+            why = os.strerror(code or errno.ENOSPC).lower()
+            if isinstance(exc, _WatchRefused):
+                why += " (epoll watches: fs.epoll.max_user_watches)"
+            return FailureReason.LOCAL_RESOURCES, f"the exporter itself ran out of resources: {why}"
         if code in _ERRNO_REASONS:  # a fixed wording, whoever raised it
             return _ERRNO_REASONS[code], f"request failed: {os.strerror(code).lower()}"
         return FailureReason.OTHER, f"request failed: {exc}"
@@ -420,7 +431,7 @@ class Probe:
             else:
                 self._reactor.rewatch(self._fd, self, reading)
         except OSError as exc:  # e.g. ENOSPC: fs.epoll.max_user_watches reached
-            self._fail(exc)
+            self._fail(_WatchRefused(exc.errno, exc.strerror) if exc.errno == errno.ENOSPC else exc)
             return
         self._watching = reading
 
@@ -495,7 +506,8 @@ class HTTPChecker:
     Like Go, it judges the status line as soon as it arrives and never reads the body. Differs
     from the seed: only an `HTTP/1.0` or `HTTP/1.1` status line with a code from 100 up is
     accepted, anything else being a protocol error; the header block is capped at
-    `MAX_HEADER_BYTES` (Go: 10 MiB); a 1xx status is final, so unhealthy (Go skips it);
+    `MAX_HEADER_BYTES` (Go: 10 MiB); interim 1xx responses are skipped as in Go, at most
+    `MAX_INTERIM_RESPONSES` of them, and bare-LF line ends accepted as Go and curl do;
     cancellation raises `asyncio.CancelledError` instead of returning a result; every failure also
     carries a `FailureReason`; a path, host or port that cannot be sent unaltered is refused
     without connecting (Go would percent-encode some of these).

@@ -39,36 +39,93 @@ def parse_status_line(line: bytes) -> int:
     return 0
 
 
+MAX_INTERIM_RESPONSES = 5
+"""Interim (1xx) responses skipped before the final one, at most (Go's `max1xxResponses`)."""
+
+# What each of the first bytes of a status line may be: a peer whose first bytes fit no status
+# line (a TLS alert, HTTP/2 frames, a binary greeting) has failed before any line ends.
+_DIGITS = b"0123456789"
+_STATUS_LINE_SHAPE = (
+    *(bytes([byte]) for byte in b"HTTP/1."),
+    b"01",
+    b" ",
+    b"123456789",
+    _DIGITS,
+    _DIGITS,
+    b" \r",
+)
+
+
+def could_begin_status_line(data: bytes) -> bool:
+    """Whether `data`, a response's first bytes without a line end, may still become one."""
+    return all(byte in allowed for byte, allowed in zip(data, _STATUS_LINE_SHAPE, strict=False))
+
+
+def head_end(head: bytes, start: int) -> int:
+    """The index just past the blank line ending the header block, or -1; LF or CRLF line ends
+    alike (Go's textproto and curl accept bare LF), the terminator within `MAX_HEADER_BYTES`."""
+    crlf = head.find(b"\n\r\n", start, MAX_HEADER_BYTES)
+    lf = head.find(b"\n\n", start, MAX_HEADER_BYTES if crlf < 0 else crlf + 1)
+    if lf >= 0:
+        return lf + 2
+    return crlf + 3 if crlf >= 0 else -1
+
+
 class ResponseHead:
     """Reads a response up to the end of its header block, from pieces split anywhere (no I/O).
 
-    `feed` returns True once the head is complete (`status` is set) or `error` is set.
+    `feed` returns True once the final head is complete (`status` is set, `end` the index in
+    `data` where the body begins) or `error` is set. Interim 1xx responses other than 101 are
+    skipped, as Go and curl do.
     """
 
-    __slots__ = ("_head", "error", "status")
+    __slots__ = ("_head", "_interim", "end", "error", "status")
 
     def __init__(self) -> None:
         self._head = b""
+        self._interim = 0
         self.status = 0
+        self.end = 0
         self.error: ResponseError | None = None
+
+    @property
+    def data(self) -> bytes:
+        """What was received of the final response: its head, then the first body bytes."""
+        return self._head
 
     def feed(self, data: bytes) -> bool:
         scanned = len(self._head)
         head = self._head + data if scanned else data
-        if not self.status:
-            # Judge the status line as soon as it is complete, as Go does, so that a
-            # non-HTTP peer that sends a line and waits fails at once rather than by timeout.
-            line_end = head.find(b"\r\n", 0, MAX_HEADER_BYTES)
-            if line_end < 0:
-                return self._keep_or_fail(head)
-            self.status = parse_status_line(head[:line_end])
+        while True:
             if not self.status:
-                line = head[:line_end][:80].decode("ascii", "backslashreplace")
-                return self._fail(f"malformed status line {line!r}")
-        # Only a terminator within the first MAX_HEADER_BYTES counts, however large the read.
-        if head.find(b"\r\n\r\n", max(scanned - 3, 0), MAX_HEADER_BYTES) >= 0:
-            return True
-        return self._keep_or_fail(head)
+                # Judge the status line as soon as it is complete, as Go does, so that a
+                # non-HTTP peer that sends a line and waits fails at once rather than by timeout.
+                line_end = head.find(b"\n", 0, MAX_HEADER_BYTES)
+                if line_end < 0:
+                    if not could_begin_status_line(head):
+                        return self._malformed(head)
+                    return self._keep_or_fail(head)
+                line = head[:line_end]
+                self.status = parse_status_line(line[:-1] if line.endswith(b"\r") else line)
+                if not self.status:
+                    return self._malformed(head[:line_end])
+            end = head_end(head, max(scanned - 2, 0))
+            if end < 0:
+                return self._keep_or_fail(head)
+            if self.status >= 200 or self.status == 101:
+                self._head, self.end = head, end
+                return True
+            self._interim += 1  # an interim response (100 Continue, 103 Early Hints): skip it
+            head, scanned, self.status = head[end:], 0, 0
+            if self._interim > MAX_INTERIM_RESPONSES:
+                return self._fail(f"more than {MAX_INTERIM_RESPONSES} interim 1xx responses")
+            if not head:
+                self._head = head
+                return False
+
+    def _malformed(self, line: bytes) -> bool:
+        text = line[:80].rstrip(b"\r").decode("ascii", "backslashreplace")
+        return self._fail(f"malformed status line {text!r}")
 
     def _keep_or_fail(self, head: bytes) -> bool:
         """Keep an incomplete header block, or fail if it can no longer end within the cap."""
