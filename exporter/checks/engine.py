@@ -616,8 +616,11 @@ class OptionsProbe(Probe):
         except BlockingIOError:
             return None
         except OSError as exc:
-            self._fail(exc)
+            self._read_failed(exc)
             return None
+
+    def _read_failed(self, exc: OSError) -> None:
+        self._fail(exc)
 
     def _body_reader(self) -> ResponseBody | None:
         """A reader for the body, when `expect_body` must be matched against it."""
