@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
 import ssl
 import time
 from collections.abc import Iterator
@@ -9,10 +11,15 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from exporter.checks import HTTPChecker
 from exporter.checks.tls import forget_sessions, not_after, server_name, tls_context_for
-from exporter.model import CheckOptions, FailureReason, Target
+from exporter.exposition import LabelCache, render_targets
+from exporter.metrics import ScrapeRegistry, build_labels, take_snapshot
+from exporter.model import CheckOptions, Config, FailureReason, Target
+from exporter.monitor import HealthMonitor
+from exporter.state import StateTracker
 from tests.servers import raw_server
 from tests.tls_servers import (
     LOOPBACK,
@@ -319,3 +326,57 @@ async def test_a_missing_ca_file_fails_the_check_naming_the_key(checker: HTTPChe
         FailureReason.OTHER,
         "invalid request: tls_ca_file: /no/ca.pem: no such file or directory",
     )
+
+
+# --- metrics ------------------------------------------------------------------------------
+
+
+class _Targets:
+    def __init__(self, targets: list[Target]) -> None:
+        self.targets = targets
+
+    def get_health_check_targets(self) -> list[Target]:
+        return self.targets
+
+
+class _NoUpdates:
+    def on_health_change(self, healthy_targets: object) -> None:
+        del healthy_targets
+
+
+async def test_metrics_show_the_expiry_and_the_resumed_handshakes(certs: Certificates) -> None:
+    async with tls_server(certs.server_context("expired")) as srv:
+        target = srv.target(tls_insecure_skip_verify=True)
+        monitor = HealthMonitor(
+            Config(interval=0.05, timeout=5.0), _Targets([target]), _NoUpdates()
+        )
+        monitor.start()
+        try:
+            checker = monitor.checker
+            assert isinstance(checker, HTTPChecker)
+            async with asyncio.timeout(10):
+                while checker.tls_handshakes[True] < 2:  # noqa: ASYNC110 -- no event to wait on
+                    await asyncio.sleep(0.01)
+            snapshot = take_snapshot(monitor, build_labels("asyncio"))
+            per_target = await render_targets(monitor.tracker.entries(), LabelCache())
+        finally:
+            await monitor.stop()
+    exporter_wide = generate_latest(ScrapeRegistry(snapshot, base=CollectorRegistry())).decode()
+    assert 'healthcheck_tls_handshakes_total{resumed="false"} 1.0' in exporter_wide
+    assert re.search(r'healthcheck_tls_handshakes_total\{resumed="true"\} [2-9]', exporter_wide)
+    expiry = (
+        "healthcheck_target_tls_certificate_expiry_timestamp_seconds"
+        f'{{app="",target="{target.id}",address="{target.address}"}} '
+        f"{float(certs.not_after('expired'))!r}\n"
+    )
+    assert expiry in per_target
+
+
+async def test_a_plain_target_has_no_expiry_series() -> None:
+    async with raw_server("reply", reply=b"HTTP/1.1 200 OK\r\n\r\n") as srv:
+        tracker = StateTracker(1, 1)
+        tracker.sync_targets([srv.target()])
+        tracker.record_result(await HTTPChecker(5).check(srv.target()))
+    text = await render_targets(tracker.entries(), LabelCache())
+    assert "healthcheck_target_up{" in text
+    assert "healthcheck_target_tls_certificate_expiry_timestamp_seconds{" not in text

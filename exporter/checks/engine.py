@@ -710,7 +710,7 @@ class HTTPChecker:
     it runs on: use it from one loop at a time (one after another is fine).
     """
 
-    __slots__ = ("_reactor", "_request_tail", "_timeout")
+    __slots__ = ("_reactor", "_request_tail", "_timeout", "tls_handshakes")
 
     def __init__(self, timeout: float) -> None:
         if not (math.isfinite(timeout) and timeout > 0):
@@ -718,6 +718,8 @@ class HTTPChecker:
         self._timeout = float(timeout)
         self._request_tail = request_tail(__version__)
         self._reactor: _Reactor | None = None  # for the loop it last ran on
+        # Completed TLS handshakes by whether they resumed a session (HTTPS checks count them).
+        self.tls_handshakes = {False: 0, True: 0}
 
     @property
     def timeout(self) -> float:

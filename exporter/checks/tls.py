@@ -292,6 +292,7 @@ class TlsProbe(OptionsProbe):
             return False
         self._handshaken = True
         self._resumed = tls.session_reused
+        self._checker.tls_handshakes[self._resumed] += 1
         der = tls.getpeercert(binary_form=True)
         if der is not None:
             # The check's outcome does not depend on reading the expiry.
