@@ -33,10 +33,10 @@ TARGETS = 2000
 
 
 async def keep_checking(
-    targets: list[Target], concurrency: int, seconds: float
+    targets: list[Target], concurrency: int, seconds: float, checker: HTTPChecker | None = None
 ) -> dict[str, float]:
     """`concurrency` workers, each checking the next target as soon as its last check ended."""
-    checker = HTTPChecker(timeout=5.0)
+    checker = checker or HTTPChecker(timeout=5.0)
     loop = asyncio.get_running_loop()
     stop_at = loop.time() + seconds
     counts = {"checks": 0, "failed": 0}

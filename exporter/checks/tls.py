@@ -12,8 +12,8 @@ handshake (its expiry is what users want most then).
 
 from __future__ import annotations
 
+import calendar
 import contextlib
-import datetime
 import ssl
 
 from exporter import __version__
@@ -171,10 +171,13 @@ def not_after(der: bytes) -> float:
         text = f"{1900 + year if year >= 50 else 2000 + year}{text[2:]}"
     elif tag != 0x18:  # GeneralizedTime YYYYMMDDHHMMSSZ
         raise ValueError("malformed certificate validity")
-    if len(text) != 15 or not text[:14].isdigit():  # strptime would take a shorter number
+    if len(text) != 15 or not text[:14].isdigit() or text[14] != "Z":
         raise ValueError("malformed certificate validity")
-    moment = datetime.datetime.strptime(text, "%Y%m%d%H%M%SZ").replace(tzinfo=datetime.UTC)
-    return moment.timestamp()
+    year, month, day, hour, minute, second = (
+        int(text[at : at + size]) for at, size in ((0, 4), (4, 2), (6, 2), (8, 2), (10, 2), (12, 2))
+    )
+    # calendar.timegm, not strptime: this runs once per HTTPS check and strptime costs ~30 µs.
+    return float(calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0)))
 
 
 # -- why a handshake failed -----------------------------------------------------------------
