@@ -77,11 +77,14 @@ async def loopback_ceiling(target: HAProxyProcess, seconds: int) -> dict[str, An
     return result
 
 
-def probe_script(work: Path, count: int) -> Path:
+def http_urls(count: int) -> list[str]:
+    return [f"http://{address}:{port}{HEALTH_PATH}" for address, port in endpoints(count)]
+
+
+def probe_script(work: Path, urls: list[str], module: str = "http_2xx") -> Path:
     lines = []
-    for address, port in endpoints(count):
-        probed = quote(f"http://{address}:{port}{HEALTH_PATH}", safe="")
-        lines.append(f'  "/probe?module=http_2xx&target={probed}",')
+    for url in urls:
+        lines.append(f'  "/probe?module={module}&target={quote(url, safe="")}",')
     script = work / "probe.lua"
     script.write_text(PROBE_SCRIPT.format(paths="\n".join(lines)))
     return script
@@ -92,9 +95,8 @@ async def _blackbox_ready(base_url: str) -> bool:
         return resp.status == 200
 
 
-async def _probe_once(base_url: str) -> str:
-    address, port = endpoints(1)[0]
-    params = {"module": "http_2xx", "target": f"http://{address}:{port}{HEALTH_PATH}"}
+async def _probe_once(base_url: str, url: str, module: str) -> str:
+    params = {"module": module, "target": url}
     async with (
         aiohttp.ClientSession() as session,
         session.get(base_url + "/probe", params=params) as resp,
@@ -103,12 +105,20 @@ async def _probe_once(base_url: str) -> str:
 
 
 async def blackbox(
-    work: Path, target: HAProxyProcess, seconds: int, targets: int
+    work: Path,
+    target: HAProxyProcess,
+    seconds: int,
+    targets: int,
+    urls: list[str] | None = None,
+    module: str = "http_2xx",
+    config_text: str = BLACKBOX_CFG,
 ) -> dict[str, Any]:
-    """blackbox_exporter (one core) probing `targets` distinct targets in turn, driven by wrk from
-    the helper core: probes/s, and its own CPU per 1,000 probes from /proc."""
+    """blackbox_exporter (one core) probing `targets` distinct targets in turn (or `urls` with
+    `module` of `config_text`), driven by wrk from the helper core: probes/s, and its own CPU per
+    1,000 probes from /proc."""
+    urls = urls if urls is not None else http_urls(targets)
     config = work / "blackbox.yml"
-    config.write_text(BLACKBOX_CFG)
+    config.write_text(config_text)
     binary = which("prometheus-blackbox-exporter")
     assert binary is not None  # ensure_tools() ran
     port = unused_port()
@@ -116,9 +126,9 @@ async def blackbox(
     argv = [binary, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}"]
     async with started("blackbox", argv, MEASURED_CORE, work) as child:
         await wait_until(lambda: _blackbox_ready(base_url), 20, "blackbox_exporter ready", child)
-        if "probe_success 1" not in (answer := await _probe_once(base_url)):
+        if "probe_success 1" not in (answer := await _probe_once(base_url, urls[0], module)):
             raise RuntimeError(f"blackbox_exporter's probe of the target failed:\n{answer}")
-        argv = wrk_argv(base_url + "/", seconds, 32, "-s", str(probe_script(work, targets)))
+        argv = wrk_argv(base_url + "/", seconds, 32, "-s", str(probe_script(work, urls, module)))
         before = await read(child, target)
         result: dict[str, Any] = parse_wrk(await run_bounded(argv, HELPER_CORE, seconds + 20))
         measured = window(before, await read(child, target))
@@ -129,11 +139,19 @@ async def blackbox(
 
 
 async def haproxy_checks(
-    work: Path, target: HAProxyProcess, servers: int, inter_ms: int, seconds: int
+    work: Path,
+    target: HAProxyProcess,
+    servers: int,
+    inter_ms: int,
+    seconds: int,
+    checked: list[tuple[str, int]] | None = None,
+    server_options: str = "",
 ) -> dict[str, Any]:
-    """HAProxy's `option httpchk` on `servers` targets: checks counted by the target (one
-    connection each), CPU of the checking HAProxy from /proc."""
-    async with haproxy_checker(work, endpoints(servers), inter_ms) as checker:
+    """HAProxy's `option httpchk` on `servers` targets (or the `checked` endpoints, with
+    `server_options`): checks counted by the target (one connection each), CPU of the checking
+    HAProxy from /proc."""
+    checked = checked if checked is not None else endpoints(servers)
+    async with haproxy_checker(work, checked, inter_ms, server_options) as checker:
         failed_before = sum(int(r["chkfail"] or 0) for r in await checker.servers())
         before = await read(checker.child, target)
         await asyncio.sleep(seconds)  # the measuring window: HAProxy checks on its own

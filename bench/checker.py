@@ -24,7 +24,7 @@ from typing import Any
 
 from bench.procs import MEASURED_CORE, pin_self
 from bench.target import endpoints, target_farm
-from exporter.checker import HTTPChecker
+from exporter.checks import HTTPChecker
 from exporter.model import Target
 
 RESULTS = Path(__file__).parent / "results" / "checker.json"
@@ -33,10 +33,10 @@ TARGETS = 2000
 
 
 async def keep_checking(
-    targets: list[Target], concurrency: int, seconds: float
+    targets: list[Target], concurrency: int, seconds: float, checker: HTTPChecker | None = None
 ) -> dict[str, float]:
     """`concurrency` workers, each checking the next target as soon as its last check ended."""
-    checker = HTTPChecker(timeout=5.0)
+    checker = checker or HTTPChecker(timeout=5.0)
     loop = asyncio.get_running_loop()
     stop_at = loop.time() + seconds
     counts = {"checks": 0, "failed": 0}

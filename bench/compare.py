@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import anchors, ours, report
+from bench import tls as tls_bench
 from bench.procs import HELPER_CORE, ensure_tools, pin_self, which
 from bench.target import MAX_TARGETS, HAProxyProcess, haproxy_path, target_farm
 
@@ -50,6 +51,8 @@ PHASES = (
     "saturated_asyncio",
     "genlatest",
     *(f"scale_{n}" for n in SCALES),
+    "https",  # issue 12: HTTPS rows (TLS 1.2 and 1.3) and the TCP row
+    "tcp",
 )
 
 
@@ -105,6 +108,8 @@ def single_phases(work: Path, target: HAProxyProcess, args: argparse.Namespace) 
         plan[f"scale_{targets}"] = partial(
             ours.at_scale, work, target, targets, args.quiet, args.scrapes
         )
+    plan["https"] = partial(tls_bench.https, work, args.window)
+    plan["tcp"] = partial(tls_bench.tcp, args.window)
     return plan
 
 

@@ -264,10 +264,61 @@ def scale_rows(results: Results, targets: int) -> Iterator[Row]:
     )
 
 
+def https_rows(results: Results) -> Iterator[Row]:
+    """Issue 12: CPU per HTTPS check, ours against blackbox_exporter and HAProxy `check-ssl`."""
+    https = results.get("https", {})
+    for version, label in (("tls12", "TLS 1.2"), ("tls13", "TLS 1.3")):
+        ours = https.get(f"ours_{version}", {})
+        full = https.get(f"ours_full_{version}", {}).get("cpu_ms_per_check")
+        mine = ours.get("cpu_ms_per_check")
+        bb = https.get(f"blackbox_{version}", {}).get("cpu_s_per_1000")
+        hx = https.get(f"haproxy_{version}", {}).get("cpu_s_per_1000")
+        yield Row(
+            f"HTTPS {label}: ours, resumed where allowed (CPU-ms per check)",
+            _num(mine, ".3f"),
+            f"full handshakes {_num(full, '.3f')}",
+        )
+        for anchor, name, bound, limit in (
+            (bb, "blackbox_exporter (CPU-ms per probe)", "<= 1/3", 1 / 3),
+            (hx, "HAProxy check-ssl (CPU-ms per check)", "<= 1.5", 1.5),
+        ):
+            ratio = _ratio(mine, anchor)
+            yield Row(
+                f"HTTPS {label}: {name}",
+                _num(anchor, ".3f"),
+                "ours",
+                _num(ratio, ".3f"),
+                bound,
+                _verdict(ratio, lambda r, limit=limit: r <= limit),
+            )
+        share = ours.get("resumed_share")
+        resumed = _verdict(share, lambda v: v >= 0.95)
+        yield Row(
+            f"HTTPS {label}: ours, handshakes resumed",
+            _num(share, ".1%"),
+            goal=">= 95%",
+            verdict=resumed,
+        )
+    tcp = results.get("tcp", {})
+    tcp_ms = tcp.get("ours_tcp", {}).get("cpu_ms_per_check")
+    http_ms = tcp.get("ours_http", {}).get("cpu_ms_per_check")
+    ratio = _ratio(tcp_ms, http_ms)
+    yield Row(
+        "TCP check: ours (CPU-ms per check)",
+        _num(tcp_ms, ".4f"),
+        f"plain HTTP check {_num(http_ms, '.4f')}",
+        _num(ratio, ".3f"),
+        "<= 1",
+        _verdict(ratio, lambda r: r <= 1),
+    )
+
+
 def rows(results: Results, scales: tuple[int, ...]) -> list[Row]:
     out = [*anchor_rows(results), *saturated_rows(results), *event_loop_rows(results)]
     for targets in scales:
         out.extend(scale_rows(results, targets))
+    if "https" in results or "tcp" in results:
+        out.extend(https_rows(results))
     return out
 
 

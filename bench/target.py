@@ -24,7 +24,7 @@ PORTS_PER_ADDRESS = 1000
 MAX_TARGETS = len(ADDRESSES) * PORTS_PER_ADDRESS
 HEALTH_PATH = "/health"
 
-TARGET_CFG = """\
+TARGET_HEADER = """\
 global
     nbthread 1
     # 10,000 listeners + 2 fds per connection must fit the fd limit (20,000 in containers).
@@ -37,12 +37,18 @@ defaults
     timeout client 5s
     timeout server 5s
     timeout http-request 5s
+"""
+"""What every target HAProxy's config begins with (the plain one here, the TLS one in bench.tls)."""
 
+TARGET_CFG = (
+    TARGET_HEADER
+    + """
 frontend targets
     maxconn 4000
 {binds}
     http-request return status 200
 """
+)
 
 CHECKER_CFG = """\
 global
@@ -64,7 +70,7 @@ frontend alive
 
 backend checked
     option httpchk GET {path}
-    default-server check inter {inter_ms}ms
+    default-server check inter {inter_ms}ms{server_options}
 {servers}
 """
 
@@ -157,16 +163,22 @@ async def target_farm(work: Path) -> AsyncIterator[HAProxyProcess]:
 
 @contextlib.asynccontextmanager
 async def haproxy_checker(
-    work: Path, targets: list[tuple[str, int]], inter_ms: int
+    work: Path, targets: list[tuple[str, int]], inter_ms: int, server_options: str = ""
 ) -> AsyncIterator[HAProxyProcess]:
     """HAProxy checking every target each `inter_ms`, one thread on the measured core; yields once
-    every server has passed a check (so the measuring window sees only steady-state checks)."""
+    every server has passed a check (so the measuring window sees only steady-state checks).
+    `server_options` are added to every server (` check-ssl verify none` for HTTPS checks)."""
     socket = work / "checker.sock"
     cfg = work / "checker.cfg"
     servers = "\n".join(f"    server t{i} {a}:{p}" for i, (a, p) in enumerate(targets))
     cfg.write_text(
         CHECKER_CFG.format(
-            socket=socket, port=unused_port(), path=HEALTH_PATH, inter_ms=inter_ms, servers=servers
+            socket=socket,
+            port=unused_port(),
+            path=HEALTH_PATH,
+            inter_ms=inter_ms,
+            server_options=server_options,
+            servers=servers,
         )
     )
     argv = [haproxy_path(), "-f", str(cfg)]

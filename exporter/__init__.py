@@ -11,7 +11,7 @@ try:
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0+unknown"
 
-from exporter.checker import HTTPChecker
+from exporter.checks import HTTPChecker
 from exporter.model import (
     Config,
     ConfigUpdater,

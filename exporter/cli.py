@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from exporter import __version__
-from exporter.checker import HTTPChecker
+from exporter.checks import HTTPChecker
 from exporter.checks.options import describe_options
 from exporter.demo import DEMO_ENV, demo_backends, print_banner
 from exporter.logs import configure_logging

@@ -1,6 +1,7 @@
 """`healthcheck-exporter demo`: three local backends, the exporter watching them, and a switch.
 
-No configuration needed. One backend always answers 200, one flaps between 200 and 503 every
+No configuration needed. One backend always answers 200 (over HTTPS, with a self-signed
+certificate the check trusts, so the TLS metrics have data), one flaps between 200 and 503 every
 `FLAP_PERIOD` seconds, one is dead (nothing listens on its port). With a 2 s interval and the
 default fall 3 / rise 2, the flapping backend changes state within about half a minute.
 
@@ -20,15 +21,17 @@ import asyncio
 import functools
 import logging
 import socket
+import ssl
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiohttp import web
 
-from exporter.model import Target
+from exporter.model import DEFAULT_CHECK_OPTIONS, CheckOptions, Target
 
 FLAP_PERIOD = 20.0  # seconds the flapping backend spends healthy, then unhealthy
 DEMO_ENV = {
@@ -37,6 +40,9 @@ DEMO_ENV = {
     "HEALTHCHECK_LISTEN_ADDRESS": "127.0.0.1:9898",
 }
 LOOPBACK = "127.0.0.1"
+# A self-signed certificate for 127.0.0.1 and localhost, valid for a century; demo only.
+DEMO_CERT = Path(__file__).with_name("demo_tls_cert.pem")
+DEMO_KEY = Path(__file__).with_name("demo_tls_key.pem")
 
 logger = logging.getLogger("exporter.demo")
 
@@ -76,12 +82,20 @@ def _flapping_factory(started: float) -> Callable[[], web.Application]:
     return functools.partial(_health_app, health)
 
 
-async def _listen(app: web.Application, port: int) -> web.AppRunner:
-    """Serve `app` on 127.0.0.1:`port` (0: a free port, see `_bound_port`)."""
+def _demo_tls_context() -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(DEMO_CERT, DEMO_KEY)
+    return context
+
+
+async def _listen(
+    app: web.Application, port: int, tls: ssl.SSLContext | None = None
+) -> web.AppRunner:
+    """Serve `app` on 127.0.0.1:`port` (0: a free port, see `_bound_port`), over TLS with `tls`."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
-        await web.TCPSite(runner, LOOPBACK, port).start()
+        await web.TCPSite(runner, LOOPBACK, port, ssl_context=tls).start()
     except OSError:
         await runner.cleanup()
         raise
@@ -104,10 +118,18 @@ def _unused_port() -> int:
 class Backend:
     """One demo backend: a fresh aiohttp app per start, always on the same port of 127.0.0.1."""
 
-    def __init__(self, target_id: str, app_name: str, make_app: Callable[[], web.Application]):
+    def __init__(
+        self,
+        target_id: str,
+        app_name: str,
+        make_app: Callable[[], web.Application],
+        *,
+        tls: bool = False,
+    ):
         self.id = target_id
         self.app_name = app_name
         self.make_app = make_app
+        self.tls = tls
         self.port = 0  # 0 until the first start picks a free port
         self._runner: web.AppRunner | None = None
 
@@ -117,11 +139,15 @@ class Backend:
 
     @property
     def target(self) -> Target:
-        return Target(self.id, self.app_name, LOOPBACK, str(self.port), "/health")
+        options = DEFAULT_CHECK_OPTIONS
+        if self.tls:  # verified against the demo certificate itself
+            options = CheckOptions(scheme="https", tls_ca_file=str(DEMO_CERT))
+        return Target(self.id, self.app_name, LOOPBACK, str(self.port), "/health", options)
 
     async def start(self) -> None:
         if self._runner is None:
-            self._runner = await _listen(self.make_app(), self.port)
+            tls = _demo_tls_context() if self.tls else None
+            self._runner = await _listen(self.make_app(), self.port, tls)
             self.port = _bound_port(self._runner)
 
     async def stop(self) -> None:
@@ -163,7 +189,7 @@ def _control_app(backends: dict[str, Backend]) -> web.Application:
 @asynccontextmanager
 async def demo_backends() -> AsyncIterator[Demo]:
     """Start the backends and their control endpoint."""
-    healthy = Backend("web-healthy", "web", _make_healthy)
+    healthy = Backend("web-healthy", "web", _make_healthy, tls=True)
     flapping = Backend("web-flapping", "web", _flapping_factory(time.monotonic()))
     dead = Backend("api-dead", "api", _make_healthy)  # healthy once started by hand
     backends = {b.id: b for b in (healthy, flapping, dead)}

@@ -71,7 +71,15 @@ TRANSITIONS = Family(
     "counter",
     "State changes of the target, by the state it changed to.",
 )
-FAMILIES = (UP, FAILURES, SUCCESSES, LAST_TIME, LAST_DURATION, LAST_CODE, CHECKS, TRANSITIONS)
+TLS_EXPIRY = Family(
+    "healthcheck_target_tls_certificate_expiry_timestamp_seconds",
+    "gauge",
+    "NotAfter (Unix time) of the leaf certificate the target presented at its last check, "
+    "verified or not (expired and self-signed included); absent without one.",
+)
+FAMILIES = (
+    UP, FAILURES, SUCCESSES, LAST_TIME, LAST_DURATION, LAST_CODE, CHECKS, TRANSITIONS, TLS_EXPIRY
+)  # fmt: skip
 
 
 def _escape(value: str) -> str:
@@ -194,9 +202,19 @@ def _transitions(r: Row) -> str:
     )
 
 
+def _tls_expiry(r: Row) -> str:
+    if r.last is None or r.last.tls_not_after is None:  # only targets that showed a certificate
+        return ""
+    return (
+        f"healthcheck_target_tls_certificate_expiry_timestamp_seconds{{{r.labels}}} "
+        f"{_number(r.last.tls_not_after)}\n"
+    )
+
+
 # One line writer per family, in FAMILIES' order.
 _WRITERS: tuple[Callable[[Row], str], ...] = (
-    _up, _failures, _successes, _last_time, _last_duration, _last_code, _checks, _transitions
+    _up, _failures, _successes, _last_time, _last_duration, _last_code, _checks, _transitions,
+    _tls_expiry,
 )  # fmt: skip
 
 

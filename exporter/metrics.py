@@ -23,6 +23,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import REGISTRY, Collector
 
 from exporter import __version__
+from exporter.checks import HTTPChecker
 from exporter.haproxy.agent import AgentStats
 from exporter.haproxy.updater import HAProxyStats
 from exporter.model import Config, TargetState
@@ -64,6 +65,8 @@ class Snapshot:
     file_reloads: tuple[int, int, float] | None = None
     haproxy: HAProxyStats | None = None
     agent: AgentStats | None = None
+    # TLS checks (issue 12): completed handshakes by resumed, None with a custom checker.
+    tls_handshakes: dict[bool, int] | None = None
 
 
 def take_snapshot(
@@ -95,6 +98,11 @@ def take_snapshot(
         ),
         haproxy=copy.deepcopy(haproxy),
         agent=copy.deepcopy(agent),
+        tls_handshakes=(
+            dict(monitor.checker.tls_handshakes)
+            if isinstance(monitor.checker, HTTPChecker)
+            else None
+        ),
     )
 
 
@@ -195,6 +203,15 @@ class SnapshotCollector(Collector):
             "Times the target provider raised an error (the previous targets were kept).",
             value=snap.provider_failures,
         )
+        if snap.tls_handshakes is not None:
+            handshakes = CounterMetricFamily(
+                "healthcheck_tls_handshakes",
+                "TLS handshakes of HTTPS checks, by whether they resumed an earlier session.",
+                labels=["resumed"],
+            )
+            for resumed in (False, True):
+                handshakes.add_metric([str(resumed).lower()], snap.tls_handshakes[resumed])
+            yield handshakes
         if snap.file_reloads is not None:
             successes, failures, last_success = snap.file_reloads
             reloads = CounterMetricFamily(

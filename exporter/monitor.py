@@ -23,7 +23,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from exporter.checker import HTTPChecker
+from exporter.checks import HTTPChecker
 from exporter.model import (
     Config,
     ConfigUpdater,

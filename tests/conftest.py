@@ -10,7 +10,9 @@ import uvloop
 
 # The check engine drives sockets through loop callbacks, which asyncio and uvloop implement
 # differently: its tests run on both. The service runs on uvloop when it is installed.
-BOTH_LOOPS_MODULES = frozenset({"test_checker", "test_monitor"})
+BOTH_LOOPS_MODULES = frozenset(
+    {"test_checker", "test_monitor", "test_check_options", "test_tls_checks"}
+)
 
 
 def pytest_asyncio_loop_factories(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import socket
 import struct
 from collections import Counter
@@ -168,7 +169,7 @@ RawMode = Literal["reset", "close", "garbage", "huge_headers", "stream_body", "r
 - garbage: reads the request, answers `hello world\\r\\n\\r\\n`.
 - huge_headers: reads the request, answers a 200 status line and 64 KiB of headers.
 - stream_body: reads the request, answers a complete 200 header block, then body bytes forever.
-- reply: reads the request, answers the `reply` bytes given to `raw_server`.
+- reply: reads the request (with its body), answers the `reply` bytes given to `raw_server`.
 
 All but reset and close then wait for the client to close the connection.
 """
@@ -220,7 +221,11 @@ async def raw_server(
                 )
                 writer.transport.abort()
                 return
-            state.requests.append(await reader.readuntil(b"\r\n\r\n"))
+            request = await reader.readuntil(b"\r\n\r\n")
+            length = re.search(rb"\r\ncontent-length: *(\d+)\r\n", request, re.IGNORECASE)
+            if length:  # the request's body belongs to the request
+                request += await reader.readexactly(int(length[1]))
+            state.requests.append(request)
             if mode == "close":
                 return
             writer.write(answers[mode])

@@ -19,8 +19,9 @@ import pytest
 import uvloop
 
 from exporter import __version__
-from exporter import checker as checker_module
-from exporter.checker import MAX_HEADER_BYTES, HTTPChecker, ResponseHead
+from exporter.checks import HTTPChecker
+from exporter.checks import engine as checker_module
+from exporter.checks.http import MAX_HEADER_BYTES, ResponseHead
 from exporter.model import FailureReason, Result, RetryConfig, Target
 from tests.servers import (
     LOOPBACK,
@@ -181,7 +182,24 @@ async def test_body_is_never_read(checker: HTTPChecker) -> None:
         (b"HTTP/1.0 204 No Content\r\n\r\n", 204, None),
         (b"HTTP/1.1 200\r\n\r\n", 200, None),
         (b"HTTP/1.1 399 Custom\r\nX-A: b\r\n\r\n", 399, None),
-        (b"HTTP/1.1 100 Continue\r\n\r\n", 100, FailureReason.HTTP_STATUS),
+        (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", 101, FailureReason.HTTP_STATUS),
+        (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n\r\n", 200, None),
+        (
+            b"HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </s>\r\n\r\n"
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+            204,
+            None,
+        ),
+        (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 503 Busy\r\n\r\n", 503, FailureReason.HTTP_STATUS),
+        (
+            b"HTTP/1.1 100 Continue\r\n\r\n" * 6 + b"HTTP/1.1 200 OK\r\n\r\n",
+            0,
+            FailureReason.PROTOCOL_ERROR,
+        ),
+        (b"HTTP/1.1 200 OK\n\n", 200, None),
+        (b"HTTP/1.0 200 OK\nContent-Type: text/plain\n\nok", 200, None),
+        (b"HTTP/1.1 500 Oops\nX-A: b\r\n\r\n", 500, FailureReason.HTTP_STATUS),
+        (b"HTTP/1.1 100 Continue\n\nHTTP/1.1 200 OK\n\n", 200, None),
         (b"HTTP/1.1 600 Beyond\r\n\r\n", 600, FailureReason.HTTP_STATUS),
         (b"HTTP/2 200\r\n\r\n", 0, FailureReason.PROTOCOL_ERROR),
         (b"HTTP/1.2 200 OK\r\n\r\n", 0, FailureReason.PROTOCOL_ERROR),
@@ -214,6 +232,37 @@ async def test_non_http_peer_that_sends_one_line_and_waits_fails_at_once(
 
 
 @pytest.mark.parametrize(
+    "reply",
+    [
+        pytest.param(b"\x15\x03\x03\x00\x02\x02\x28", id="tls-alert"),
+        pytest.param(b"\x16\x03\x03\x00\x2a\x02\x00\x00\x26\x03\x03", id="tls-server-hello"),
+        pytest.param(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00", id="http2-settings"),
+        pytest.param(b"\xff\xfd\x18\xff\xfd\x20", id="telnet-greeting"),
+        pytest.param(b"HTTP/2 ", id="http2-status-prefix"),
+    ],
+)
+async def test_non_http_reply_without_a_line_end_is_a_protocol_error_at_once(
+    checker: HTTPChecker, reply: bytes
+) -> None:
+    """The peer sends bytes that can begin no status line and then waits: failing at once,
+    not after the timeout (nor as a reset when it then closes)."""
+    async with raw_server("reply", reply=reply) as srv:
+        result = await checker.check(srv.target())
+    assert (result.reason, result.status_code) == (FailureReason.PROTOCOL_ERROR, 0)
+    assert result.error is not None
+    assert result.error.startswith("request failed: malformed status line ")
+
+
+def test_partial_status_line_that_may_still_be_valid_is_kept() -> None:
+    for prefix in (b"H", b"HTTP/1.", b"HTTP/1.1 2", b"HTTP/1.1 200", b"HTTP/1.1 200 O"):
+        head = ResponseHead()
+        assert head.feed(prefix) is False
+        assert head.error is None
+        assert head.feed(prefix[len(prefix) :] + b"HTTP/1.1 200 OK\r\n\r\n"[len(prefix) :])
+        assert (head.status, head.error) == (200, None)
+
+
+@pytest.mark.parametrize(
     ("size", "reason"),
     [(MAX_HEADER_BYTES, None), (MAX_HEADER_BYTES + 1, FailureReason.PROTOCOL_ERROR)],
 )
@@ -228,18 +277,27 @@ async def test_header_block_is_capped_at_16_kib(
     assert (result.reason, result.status_code) == (reason, 200)
 
 
-def test_response_split_anywhere_across_reads_is_parsed() -> None:
-    response = b"HTTP/1.1 503 Busy\r\nRetry-After: 1\r\n\r\nbody"
-    end = response.index(b"\r\n\r\n") + 4
+@pytest.mark.parametrize(
+    "response",
+    [
+        b"HTTP/1.1 503 Busy\r\nRetry-After: 1\r\n\r\nbody",
+        b"HTTP/1.1 503 Busy\nRetry-After: 1\n\nbody",
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 503 Busy\r\n\r\nbody",
+        b"HTTP/1.1 103 Early\nLink: <a>\n\nHTTP/1.1 503 Busy\n\nbody",
+    ],
+)
+def test_response_split_anywhere_across_reads_is_parsed(response: bytes) -> None:
+    end = len(response) - len(b"body")  # where the final head ends
     for split in range(1, len(response)):
         head = ResponseHead()
         complete = head.feed(response[:split])
         assert complete == (split >= end)
         assert complete or head.feed(response[split:])
         assert (head.status, head.error) == (503, None)
+        assert head.data[head.end :] == response[end:][: len(head.data) - head.end]
     head = ResponseHead()
     fed = [head.feed(bytes([byte])) for byte in response]
-    assert fed.index(True) == response.index(b"\r\n\r\n") + 3  # complete at the blank line
+    assert fed.index(True) == end - 1  # complete at the blank line
     assert (head.status, head.error) == (503, None)
 
 
@@ -653,7 +711,7 @@ async def test_check_all_cancellation_closes_every_connection(server: TargetServ
 
 OUT_OF_FDS = """
 import asyncio, collections, json, resource, sys
-from exporter.checker import HTTPChecker
+from exporter.checks import HTTPChecker
 from exporter.model import Target
 
 async def main():
@@ -671,7 +729,7 @@ async def main():
     checker = HTTPChecker(timeout=0.5)
     results = await checker.check_all(hang, max_concurrent=60)
     after = await checker.check(Target("ok", "", "127.0.0.1", port, "/health"))
-    errors = [r.error for r in results if r.reason == "other"]
+    errors = [r.error for r in results if r.reason == "local_resources"]
     print(json.dumps({
         "reasons": collections.Counter(str(r.reason) for r in results),
         "error": errors[0] if errors else None,
@@ -689,12 +747,16 @@ else:
 """
 
 
+OUT_OF_FDS_ERROR = "the exporter itself ran out of resources: too many open files"
+
+
 async def test_out_of_file_descriptors_fails_those_checks_and_recovers(
     server: TargetServer,
 ) -> None:
-    """With a 40-fd limit, 60 hanging checks at once: those without a socket fail at once with
-    the OS's reason, the rest time out, and the next check works. With no fd at all, a check
-    fails the same way rather than raising. The child runs the loop this test runs on."""
+    """With a 40-fd limit, 60 hanging checks at once: those without a socket fail at once as
+    the exporter's own lack of resources (never the target's fault), the rest time out, and the
+    next check works. With no fd at all, a check fails the same way rather than raising. The
+    child runs the loop this test runs on."""
     loop_name = "uvloop" if isinstance(asyncio.get_running_loop(), uvloop.Loop) else "asyncio"
     child = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -708,11 +770,11 @@ async def test_out_of_file_descriptors_fails_those_checks_and_recovers(
     out, err = await asyncio.wait_for(child.communicate(), 30)
     assert child.returncode == 0, err.decode()
     report = json.loads(out.decode().splitlines()[-1])
-    assert report["reasons"]["other"] > 0 and report["reasons"]["timeout"] > 0, report
+    assert report["reasons"]["local_resources"] > 0 and report["reasons"]["timeout"] > 0, report
     assert sum(report["reasons"].values()) == 60
-    assert report["error"] == "request failed: [Errno 24] Too many open files"
+    assert report["error"] == OUT_OF_FDS_ERROR
     assert report["after"] is True
-    assert report["starved"] == ["other", "request failed: [Errno 24] Too many open files"]
+    assert report["starved"] == ["local_resources", OUT_OF_FDS_ERROR]
     assert "Traceback" not in err.decode()
 
 
@@ -720,8 +782,8 @@ async def test_a_socket_the_os_will_not_watch_fails_that_check(
     server: TargetServer, checker: HTTPChecker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """epoll_ctl can refuse (ENOSPC once fs.epoll.max_user_watches is reached): that check
-    fails with the OS's reason and closes its socket; nothing raises. Simulated: the limit is
-    system-wide and not ours to lower in a test."""
+    fails as the exporter's own lack of resources and closes its socket; nothing raises.
+    Simulated: the limit is system-wide and not ours to lower in a test."""
 
     def refuse(*_: object) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -730,8 +792,9 @@ async def test_a_socket_the_os_will_not_watch_fails_that_check(
     monkeypatch.setattr(checker_module._EpollReactor, "watch", refuse)
     result = await checker.check(server.target("/health"))
     assert (result.reason, result.error) == (
-        FailureReason.OTHER,
-        "request failed: [Errno 28] No space left on device",
+        FailureReason.LOCAL_RESOURCES,
+        "the exporter itself ran out of resources: no space left on device"
+        " (epoll watches: fs.epoll.max_user_watches)",
     )
     monkeypatch.undo()
     assert (await checker.check(server.target("/health"))).healthy

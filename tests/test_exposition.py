@@ -39,6 +39,7 @@ def tracker_with_history(n: int = 7) -> StateTracker:
                     0.001 * (i + 1),
                     reason,
                     1_795_000_000.0 + i + k * 0.125,
+                    1_800_000_000.0 + i if (i + k) % 2 else None,  # a certificate, or none
                 )
             )
     return tracker
@@ -56,6 +57,7 @@ class Reference(Collector):
         )
         checks = CounterMetricFamily(FAMILIES[6].name, FAMILIES[6].help, labels=[*LABELS, "result"])
         trans = CounterMetricFamily(FAMILIES[7].name, FAMILIES[7].help, labels=[*LABELS, "to"])
+        expiry = GaugeMetricFamily(FAMILIES[8].name, FAMILIES[8].help, labels=LABELS)
         for e in self.entries:
             lv = [e.target.app_name, e.target.id, e.target.address]
             up.add_metric(lv, int(e.state.value == 0))
@@ -65,11 +67,13 @@ class Reference(Collector):
                 ts.add_metric(lv, e.last_result.checked_at)
                 du.add_metric(lv, e.last_result.duration)
                 co.add_metric(lv, e.last_result.status_code)
+                if e.last_result.tls_not_after is not None:
+                    expiry.add_metric(lv, e.last_result.tls_not_after)
             for result, count in sorted({"success": 0, **e.checks}.items()):
                 checks.add_metric([*lv, result], count)
             trans.add_metric([*lv, "healthy"], e.transitions_to_healthy)
             trans.add_metric([*lv, "unhealthy"], e.transitions_to_unhealthy)
-        return [up, cf, cs, ts, du, co, checks, trans]
+        return [up, cf, cs, ts, du, co, checks, trans, expiry]
 
 
 def parsed(text: str, openmetrics: bool = False) -> dict[str, object]:

@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import pytest
 
-from exporter.checker import HTTPChecker, OnResult, Probe
+from exporter.checks import HTTPChecker, OnResult, Probe
 from exporter.model import CheckOptions, Config, Result, Target, TargetState, default_config
 from exporter.monitor import HealthMonitor, phase_fraction
 from tests.servers import target_server, unused_port

@@ -22,10 +22,28 @@ from dataclasses import replace
 from typing import cast
 
 from exporter import __version__
-from exporter.model import FailureReason, Result, RetryConfig, Target, default_retry_config
-
-MAX_HEADER_BYTES = 16 * 1024
-"""Largest response header block accepted (status line and headers, with the blank line)."""
+from exporter.checks.http import (
+    MAX_HEADER_BYTES,
+    InvalidRequest,
+    ResponseBody,
+    ResponseError,
+    ResponseHead,
+    body_pattern,
+    build_request,
+    invalid_request,
+    plain_request,
+    request_tail,
+    status_error,
+    status_expected,
+)
+from exporter.model import (
+    DEFAULT_CHECK_OPTIONS,
+    FailureReason,
+    Result,
+    RetryConfig,
+    Target,
+    default_retry_config,
+)
 
 DEFAULT_MAX_CONCURRENT = 10
 """`check_all`'s limit when given one <= 0 (the seed's fallback)."""
@@ -40,6 +58,8 @@ _ERRNO_REASONS = {
     errno.EADDRNOTAVAIL: FailureReason.NETWORK_UNREACHABLE,
     errno.ETIMEDOUT: FailureReason.TIMEOUT,
 }
+# The exporter's own shortages (descriptors, buffers, memory): they say nothing of the target.
+_LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _CONNECTING = (0, errno.EINPROGRESS)  # connect_ex's answers that mean "go on"
 _SEND_FLAGS = getattr(socket, "MSG_NOSIGNAL", 0)  # EPIPE as an error, never a signal
 
@@ -47,76 +67,6 @@ IDLE_GRACE = 1.0
 """Seconds without a check after which a checker lets go of its epoll instance."""
 
 OnResult = Callable[[Result], object]
-
-
-class _ResponseError(Exception):
-    """A failure found in what the peer sent (or did not send), with its reason."""
-
-    def __init__(self, reason: FailureReason, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-class _InvalidRequest(Exception):
-    """A target that cannot be put in a request unaltered: refused before connecting."""
-
-
-def _parse_status_line(line: bytes) -> int:
-    """The status code of `HTTP/1.x NNN[ reason]`, or 0 when the line is not of that form."""
-    if (
-        len(line) >= 12
-        and line[:7] == b"HTTP/1."
-        and line[7] in b"01"
-        and line[8] == 0x20
-        and line[9] in b"123456789"
-        and line[10:12].isdigit()
-        and (len(line) == 12 or line[12] == 0x20)
-    ):
-        return int(line[9:12])
-    return 0
-
-
-class ResponseHead:
-    """Reads a response up to the end of its header block, from pieces split anywhere (no I/O).
-
-    `feed` returns True once the head is complete (`status` is set) or `error` is set.
-    """
-
-    __slots__ = ("_head", "error", "status")
-
-    def __init__(self) -> None:
-        self._head = b""
-        self.status = 0
-        self.error: _ResponseError | None = None
-
-    def feed(self, data: bytes) -> bool:
-        scanned = len(self._head)
-        head = self._head + data if scanned else data
-        if not self.status:
-            # Judge the status line as soon as it is complete, as Go does, so that a
-            # non-HTTP peer that sends a line and waits fails at once rather than by timeout.
-            line_end = head.find(b"\r\n", 0, MAX_HEADER_BYTES)
-            if line_end < 0:
-                return self._keep_or_fail(head)
-            self.status = _parse_status_line(head[:line_end])
-            if not self.status:
-                line = head[:line_end][:80].decode("ascii", "backslashreplace")
-                return self._fail(f"malformed status line {line!r}")
-        # Only a terminator within the first MAX_HEADER_BYTES counts, however large the read.
-        if head.find(b"\r\n\r\n", max(scanned - 3, 0), MAX_HEADER_BYTES) >= 0:
-            return True
-        return self._keep_or_fail(head)
-
-    def _keep_or_fail(self, head: bytes) -> bool:
-        """Keep an incomplete header block, or fail if it can no longer end within the cap."""
-        if len(head) >= MAX_HEADER_BYTES:
-            return self._fail(f"response header block exceeds {MAX_HEADER_BYTES} bytes")
-        self._head = head
-        return False
-
-    def _fail(self, message: str) -> bool:
-        self.error = _ResponseError(FailureReason.PROTOCOL_ERROR, message)
-        return True
 
 
 def _literal_family(host: str) -> int:
@@ -131,15 +81,19 @@ def _literal_family(host: str) -> int:
     return 0
 
 
-def _os_error(code: int) -> OSError:
+def os_error(code: int) -> OSError:
     return OSError(code, os.strerror(code))
 
 
-def _describe_failure(exc: Exception, target: Target, timeout: float) -> tuple[FailureReason, str]:
+class _WatchRefused(OSError):
+    """The OS would not watch one more socket (epoll's ENOSPC: fs.epoll.max_user_watches)."""
+
+
+def describe_failure(exc: Exception, target: Target, timeout: float) -> tuple[FailureReason, str]:
     """The reason and the human message (prefixed as in the seed) for a failed request."""
-    if isinstance(exc, _ResponseError):
+    if isinstance(exc, ResponseError):
         return exc.reason, f"request failed: {exc}"
-    if isinstance(exc, _InvalidRequest):  # no request was made: no "request failed" prefix
+    if isinstance(exc, InvalidRequest):  # no request was made: no "request failed" prefix
         return FailureReason.OTHER, str(exc)
     if isinstance(exc, TimeoutError):  # before OSError, of which it is a subclass
         return FailureReason.TIMEOUT, f"request failed: timed out after {timeout:g}s"
@@ -149,42 +103,34 @@ def _describe_failure(exc: Exception, target: Target, timeout: float) -> tuple[F
         return FailureReason.DNS, f"request failed: cannot resolve {target.ip!r}: invalid name"
     if isinstance(exc, OSError):
         code = exc.errno
+        if code in _LOCAL_ERRNOS or isinstance(exc, _WatchRefused):
+            why = os.strerror(code or errno.ENOSPC).lower()
+            if isinstance(exc, _WatchRefused):
+                why += " (epoll watches: fs.epoll.max_user_watches)"
+            return FailureReason.LOCAL_RESOURCES, f"the exporter itself ran out of resources: {why}"
         if code in _ERRNO_REASONS:  # a fixed wording, whoever raised it
             return _ERRNO_REASONS[code], f"request failed: {os.strerror(code).lower()}"
         return FailureReason.OTHER, f"request failed: {exc}"
     return FailureReason.OTHER, f"request failed: {type(exc).__name__}: {exc}"
 
 
-def _invalid_request(target: Target) -> str | None:
-    """Why `target` cannot be put in a request line and Host header unaltered, or None."""
-    path = target.health_check_path
-    if not (path.startswith("/") and path.isascii() and path.isprintable() and " " not in path):
-        return (
-            f"invalid request: health check path {path!r} must start with '/'"
-            " and be printable ASCII without spaces"
-        )
-    host = target.ip
-    if not (host and host.isascii() and host.isprintable() and " " not in host):
-        return f"invalid request: host {host!r} must be a printable ASCII name or address"
-    port = target.port
-    if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
-        return f"invalid request: port {port!r} must be a number from 1 to 65535"
-    return None
-
-
 class _Reactor:
     """Watches the sockets and deadlines of one checker's checks on one event loop.
 
     This base class has the loop watch each socket itself (`add_reader`/`add_writer`); it serves
-    where `select.epoll` does not exist. Every check has the same timeout, so deadlines expire in
-    start order: one deque and one timer serve them all, instead of a timer per check.
+    where `select.epoll` does not exist. Checks with the checker's timeout expire in start order:
+    one deque and one timer serve them all, instead of a timer per check. Targets with a timeout
+    of their own get one more deque per distinct timeout (each in start order again), under the
+    same timer, so that they cost the common case nothing.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._active = 0  # checks started and not ended
         self._deadlines: deque[tuple[float, Probe]] = deque()
+        self._others: dict[float, deque[tuple[float, Probe]]] = {}  # timeout -> its deadlines
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf  # the deadline the timer was armed for
 
     # -- the checks in flight ------------------------------------------------------------------
 
@@ -200,6 +146,22 @@ class _Reactor:
         deadlines.append((deadline, probe))
         if self._timer is None:
             self._arm(deadlines[0][0])
+        elif deadline < self._timer_at:  # armed for a longer timeout of a target's own
+            self._rearm()
+
+    def started_with_timeout(self, probe: Probe, deadline: float, timeout: float) -> None:
+        """`started` for a check whose timeout is not the checker's."""
+        if self._active == 0:
+            self._awake()
+        self._active += 1
+        deadlines = self._others.get(timeout)
+        if deadlines is None:
+            deadlines = self._others[timeout] = deque()
+        while deadlines and deadlines[0][1].finished:
+            deadlines.popleft()
+        deadlines.append((deadline, probe))
+        if self._timer is None or deadline < self._timer_at:
+            self._rearm()
 
     def _arm(self, deadline: float) -> None:
         # Deadlines are kept on the precise clock: uvloop's loop.time() counts whole
@@ -207,11 +169,27 @@ class _Reactor:
         # timer that fires a little early is armed again, for at least a millisecond.
         delay = max(deadline - time.perf_counter(), 0.001)
         self._timer = self.loop.call_later(delay, self._expire)
+        self._timer_at = deadline
+
+    def _rearm(self) -> None:
+        """Arm the timer for the earliest deadline of every deque, if it is not already."""
+        heads = [deadlines[0][0] for deadlines in self._others.values() if deadlines]
+        if self._deadlines:
+            heads.append(self._deadlines[0][0])
+        earliest = min(heads, default=math.inf)
+        if self._timer is not None and self._timer_at <= earliest:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if earliest < math.inf:
+            self._arm(earliest)
 
     def ended(self) -> None:
         self._active -= 1
         if self._active == 0:
             self._deadlines.clear()
+            self._others.clear()
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
@@ -224,8 +202,20 @@ class _Reactor:
             _, probe = deadlines.popleft()
             if not probe.finished:
                 probe.time_out()  # may start other checks, which append to the deque
-        if deadlines and self._timer is None:
+        if self._others:
+            self._expire_others(now)
+        elif deadlines and self._timer is None:
             self._arm(deadlines[0][0])
+
+    def _expire_others(self, now: float) -> None:
+        for timeout, deadlines in list(self._others.items()):
+            while deadlines and (deadlines[0][1].finished or deadlines[0][0] <= now):
+                _, probe = deadlines.popleft()
+                if not probe.finished:
+                    probe.time_out()
+            if not deadlines and self._others.get(timeout) is deadlines:
+                del self._others[timeout]
+        self._rearm()
 
     # -- the sockets ---------------------------------------------------------------------------
 
@@ -349,8 +339,14 @@ class Probe:
     )
 
     def __init__(
-        self, checker: HTTPChecker, reactor: _Reactor, target: Target, on_done: OnResult
+        self,
+        checker: HTTPChecker,
+        reactor: _Reactor,
+        target: Target,
+        on_done: OnResult,
+        timeout: float | None = None,
     ) -> None:
+        """`timeout`: the target's own, when it is not the checker's."""
         self._checker = checker
         self._reactor = reactor
         self._target = target
@@ -370,7 +366,10 @@ class Probe:
         self._starting = True
         self.finished = False
         try:
-            reactor.started(self, self._started + checker.timeout)
+            if timeout is None:
+                reactor.started(self, self._started + checker.timeout)
+            else:
+                reactor.started_with_timeout(self, self._started + timeout, timeout)
         except OSError as exc:  # no file descriptor left for the reactor's epoll instance
             self.finished = True
             self._failure = exc
@@ -399,11 +398,11 @@ class Probe:
 
     def _begin(self) -> None:
         target = self._target
-        invalid = _invalid_request(target)
-        if invalid is not None:
-            self._fail(_InvalidRequest(invalid))
+        try:
+            self._pending = self._request()
+        except InvalidRequest as exc:
+            self._fail(exc)
         else:
-            self._pending = self._checker.request_for(target)
             port = int(target.port)
             family = _literal_family(target.ip)
             if family:
@@ -411,6 +410,15 @@ class Probe:
             else:
                 self._resolver = self._reactor.loop.create_task(self._resolve(target.ip, port))
         self._starting = False
+
+    def _request(self) -> bytes:
+        """The request to send; raises InvalidRequest, before connecting, for a target that
+        cannot be put in a request unaltered."""
+        target = self._target
+        invalid = invalid_request(target)
+        if invalid is not None:
+            raise InvalidRequest(invalid)
+        return plain_request(target, self._checker._request_tail)
 
     async def _resolve(self, host: str, port: int) -> None:
         """Resolve a name afresh for each check, as Go's dialer does, then try its addresses."""
@@ -426,7 +434,7 @@ class Probe:
 
     def _connect_next(self) -> None:
         if not self._addresses:  # all failed: report the first failure, as Go does
-            self._fail(self._first_failure or _os_error(errno.EHOSTUNREACH))
+            self._fail(self._first_failure or os_error(errno.EHOSTUNREACH))
             return
         family, address = self._addresses.pop(0)
         self._connect(family, address)
@@ -446,7 +454,7 @@ class Probe:
         if code in _CONNECTING:
             self._send()  # on loopback the handshake is already over: no wait for writability
         else:
-            self._connect_failed(_os_error(code))
+            self._connect_failed(os_error(code))
 
     def _connect_failed(self, exc: Exception) -> None:
         """This address failed before the request went out: try the name's next address."""
@@ -487,7 +495,7 @@ class Probe:
             return
         if not data:
             message = "connection closed before the response headers were complete"
-            self._fail(_ResponseError(FailureReason.CONNECTION_RESET, message))
+            self._fail(ResponseError(FailureReason.CONNECTION_RESET, message))
         elif self._head.feed(data):
             self._finish()
 
@@ -501,7 +509,7 @@ class Probe:
             else:
                 self._reactor.rewatch(self._fd, self, reading)
         except OSError as exc:  # e.g. ENOSPC: fs.epoll.max_user_watches reached
-            self._fail(exc)
+            self._fail(_WatchRefused(exc.errno, exc.strerror) if exc.errno == errno.ENOSPC else exc)
             return
         self._watching = reading
 
@@ -539,7 +547,7 @@ class Probe:
         target, status = self._target, self._head.status
         failure = self._failure or self._head.error
         if failure is not None:
-            reason, error = _describe_failure(failure, target, self._checker.timeout)
+            reason, error = describe_failure(failure, target, self._checker.timeout)
         elif 200 <= status < 400:
             reason, error = None, None
         else:
@@ -561,6 +569,122 @@ class Probe:
             self._on_done(result)
 
 
+class OptionsProbe(Probe):
+    """A check of a target with options of its own (`target.options`): method, Host, headers,
+    body, expected statuses, the body matched against `expect_body`, a timeout of its own.
+
+    The plain `Probe` serves targets without options, so that they pay nothing for these.
+    """
+
+    # No __slots__: per-check fields start as these class-level defaults, with no __init__ of
+    # its own (the plain Probe keeps its slots).
+    _body: ResponseBody | None = None  # the body being read, when expect_body is set
+
+    @property
+    def _timeout(self) -> float:
+        return self._target.options.timeout or self._checker.timeout
+
+    def _request(self) -> bytes:
+        target = self._target
+        invalid = invalid_request(target)
+        if invalid is not None:
+            raise InvalidRequest(invalid)
+        return build_request(target, target.options, __version__)
+
+    def _receive(self) -> None:
+        data = self._read()
+        if data is None:
+            return
+        body = self._body
+        if body is not None:
+            if body.feed(data) if data else body.close():
+                self._finish()
+        elif not data:
+            message = "connection closed before the response headers were complete"
+            self._fail(ResponseError(FailureReason.CONNECTION_RESET, message))
+        elif self._head.feed(data):
+            body = self._body = self._body_reader()
+            if body is None or body.feed(self._head.data[self._head.end :]):
+                self._finish()
+
+    def _read(self) -> bytes | None:
+        """What the peer sent next (b"" at its end), or None: nothing yet, or failed."""
+        sock = self._sock
+        assert sock is not None
+        try:
+            return sock.recv(MAX_HEADER_BYTES)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            self._read_failed(exc)
+            return None
+
+    def _read_failed(self, exc: OSError) -> None:
+        self._fail(exc)
+
+    def _body_reader(self) -> ResponseBody | None:
+        """A reader for the body, when `expect_body` must be matched against it."""
+        options = self._target.options
+        head = self._head
+        if options.expect_body is None or head.error is not None:
+            return None
+        if not status_expected(head.status, options.expect_status):
+            return None
+        return ResponseBody(head, options.method)
+
+    def _result(self) -> Result:
+        reason, error = self._verdict()
+        return result_of(self, self._head.status, reason, error)
+
+    def _verdict(self) -> tuple[FailureReason | None, str | None]:
+        """Why the check failed and how to say it, or (None, None) when it passed."""
+        options = self._target.options
+        status = self._head.status
+        failure = self._failure or self._head.error
+        if failure is None and self._body is not None:
+            failure = self._body.error
+        if failure is not None:
+            return describe_failure(failure, self._target, self._timeout)
+        if not status_expected(status, options.expect_status):
+            return FailureReason.HTTP_STATUS, status_error(status, options.expect_status)
+        if self._body is not None and not self._body_matches(self._body):
+            error = f"response body does not match expect_body {options.expect_body!r}"
+            return FailureReason.BODY_MISMATCH, error
+        return None, None
+
+    def _body_matches(self, body: ResponseBody) -> bool:
+        expression = self._target.options.expect_body
+        return expression is not None and body_pattern(expression).search(body.text) is not None
+
+
+def result_of(
+    probe: OptionsProbe,
+    status: int,
+    reason: FailureReason | None,
+    error: str | None,
+    tls_not_after: float | None = None,
+    tls_resumed: bool | None = None,
+) -> Result:
+    """The Result of a probe with options that ends now."""
+    duration = time.perf_counter() - probe._started
+    target = probe._target
+    return Result(
+        target,
+        reason is None,
+        status,
+        error,
+        duration,
+        reason,
+        time.time(),
+        tls_not_after,
+        tls_resumed,
+    )
+
+
+PROBE_KINDS: dict[str, type[OptionsProbe]] = {"http": OptionsProbe}
+"""The probe for each scheme of a target with options (`tcp` and `https` add theirs)."""
+
+
 def _settle(future: asyncio.Future[Result], result: Result) -> None:
     if not future.done():
         future.set_result(result)
@@ -576,7 +700,8 @@ class HTTPChecker:
     Like Go, it judges the status line as soon as it arrives and never reads the body. Differs
     from the seed: only an `HTTP/1.0` or `HTTP/1.1` status line with a code from 100 up is
     accepted, anything else being a protocol error; the header block is capped at
-    `MAX_HEADER_BYTES` (Go: 10 MiB); a 1xx status is final, so unhealthy (Go skips it);
+    `MAX_HEADER_BYTES` (Go: 10 MiB); interim 1xx responses are skipped as in Go, at most
+    `MAX_INTERIM_RESPONSES` of them, and bare-LF line ends accepted as Go and curl do;
     cancellation raises `asyncio.CancelledError` instead of returning a result; every failure also
     carries a `FailureReason`; a path, host or port that cannot be sent unaltered is refused
     without connecting (Go would percent-encode some of these).
@@ -585,18 +710,16 @@ class HTTPChecker:
     it runs on: use it from one loop at a time (one after another is fine).
     """
 
-    __slots__ = ("_reactor", "_request_tail", "_timeout")
+    __slots__ = ("_reactor", "_request_tail", "_timeout", "tls_handshakes")
 
     def __init__(self, timeout: float) -> None:
         if not (math.isfinite(timeout) and timeout > 0):
             raise ValueError(f"HTTPChecker timeout must be finite seconds > 0, got {timeout!r}")
         self._timeout = float(timeout)
-        # What follows the Host header's value in every request.
-        self._request_tail = (
-            f"\r\nUser-Agent: healthcheck-exporter/{__version__}"
-            "\r\nAccept: */*\r\nConnection: close\r\n\r\n"
-        )
+        self._request_tail = request_tail(__version__)
         self._reactor: _Reactor | None = None  # for the loop it last ran on
+        # Completed TLS handshakes by whether they resumed a session (HTTPS checks count them).
+        self.tls_handshakes = {False: 0, True: 0}
 
     @property
     def timeout(self) -> float:
@@ -604,9 +727,13 @@ class HTTPChecker:
         return self._timeout
 
     def request_for(self, target: Target) -> bytes:
-        """The request sent to a valid `target`."""
-        request = f"GET {target.health_check_path} HTTP/1.1\r\nHost: {target.address}"
-        return (request + self._request_tail).encode("ascii")
+        """The request sent to a valid `target` (nothing for a TCP check)."""
+        options = target.options
+        if options is DEFAULT_CHECK_OPTIONS:
+            return plain_request(target, self._request_tail)
+        if options.scheme == "tcp":
+            return b""
+        return build_request(target, options, __version__)
 
     def start(
         self, target: Target, on_done: OnResult, loop: asyncio.AbstractEventLoop | None = None
@@ -621,7 +748,16 @@ class HTTPChecker:
         reactor = self._reactor
         if reactor is None or reactor.loop is not loop:
             reactor = self._reactor = REACTOR(loop)
-        return Probe(self, reactor, target, on_done)
+        if target.options is DEFAULT_CHECK_OPTIONS:
+            return Probe(self, reactor, target, on_done)
+        return self._start_with_options(target, reactor, on_done)
+
+    def _start_with_options(self, target: Target, reactor: _Reactor, on_done: OnResult) -> Probe:
+        options = target.options
+        timeout = options.timeout
+        if timeout == self._timeout:
+            timeout = None  # the checker's own: the common deadline queue serves
+        return PROBE_KINDS[options.scheme](self, reactor, target, on_done, timeout)
 
     async def check(self, target: Target) -> Result:
         """Check `target` once. Never raises, except `asyncio.CancelledError` when cancelled.

@@ -1,0 +1,226 @@
+"""HTTPS and TCP checks side by side (issue 12): our check engine, blackbox_exporter and HAProxy's
+`check-ssl`, against one HAProxy TLS target (ECDSA P-256), TLS 1.2 and TLS 1.3; and a TCP check
+against a plain HTTP one. Phases of `bench.compare` (`--only https,tcp`).
+
+The TLS target is one HAProxy process on the helper core: 1,000 ports on 127.0.2.1 speak only
+TLS 1.2, 1,000 on 127.0.2.2 only TLS 1.3, each answering `200` with `http-request return`.
+Certificates are verified by no one (`verify none`, `insecure_skip_verify`), alike for all three.
+
+Ours is the check engine alone (`HTTPChecker`, 100 checks in flight, in a child pinned to the
+measured core; CPU from its own clock), with sessions resumed as in service, and again with every
+session forgotten (each check a full handshake): the difference is what resumption saves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable
+from pathlib import Path
+from typing import Any
+
+from bench import anchors
+from bench.checker import keep_checking
+from bench.procs import HELPER_CORE, MEASURED_CORE, run_bounded, started, wait_until
+from bench.target import TARGET_HEADER, HAProxyProcess, endpoints, haproxy_path
+from exporter.checks import HTTPChecker
+from exporter.checks import tls as tls_checks
+from exporter.model import CheckOptions, Target
+
+VERSIONS = {"tls12": "127.0.2.1", "tls13": "127.0.2.2"}
+FIRST_PORT, PORTS = 21000, 1000
+HEALTH_PATH = "/health"
+CONCURRENCY = 100
+HAPROXY_INTER_MS = 1000  # 1,000 servers: 1,000 checks/s, which the one-thread TLS target serves
+
+TLS_TARGET_CFG = (
+    TARGET_HEADER
+    + """
+frontend tls12
+    maxconn 4000
+    bind {tls12}:{first}-{last} ssl crt {pem} ssl-max-ver TLSv1.2
+    http-request return status 200
+
+frontend tls13
+    maxconn 4000
+    bind {tls13}:{first}-{last} ssl crt {pem} ssl-min-ver TLSv1.3
+    http-request return status 200
+"""
+)
+
+BLACKBOX_TLS_CFG = """\
+modules:
+  https_2xx:
+    prober: http
+    timeout: 5s
+    http:
+      preferred_ip_protocol: ip4
+      tls_config:
+        insecure_skip_verify: true
+"""
+
+
+def tls_endpoints(version: str) -> list[tuple[str, int]]:
+    return [(VERSIONS[version], FIRST_PORT + i) for i in range(PORTS)]
+
+
+def make_certificate(work: Path) -> Path:
+    """A self-signed ECDSA P-256 certificate and its key in one PEM file, as HAProxy takes it."""
+    key, cert, pem = work / "tls.key", work / "tls.crt", work / "tls.pem"
+    names = "subjectAltName=IP:127.0.2.1,IP:127.0.2.2"
+    for argv in (
+        ["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(key)],
+        ["openssl", "req", "-x509", "-new", "-key", str(key), "-subj", "/CN=bench", "-days",
+         "30", "-addext", names, "-out", str(cert)],
+    ):  # fmt: skip
+        subprocess.run(argv, check=True, capture_output=True, timeout=60)
+    pem.write_bytes(cert.read_bytes() + key.read_bytes())
+    return pem
+
+
+def _handshake_ok(address: str, port: int) -> bool:
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with (
+        socket.create_connection((address, port), 2) as raw,
+        context.wrap_socket(raw) as conn,
+    ):
+        conn.sendall(b"GET /health HTTP/1.0\r\n\r\n")
+        return conn.recv(64).startswith(b"HTTP/1.1 200")
+
+
+@contextlib.asynccontextmanager
+async def tls_target(work: Path) -> AsyncIterator[HAProxyProcess]:
+    """Start the TLS target HAProxy on the helper core and wait until both versions answer."""
+    socket_path = work / "tls-target.sock"
+    cfg = work / "tls-target.cfg"
+    cfg.write_text(
+        TLS_TARGET_CFG.format(
+            socket=socket_path,
+            pem=make_certificate(work),
+            first=FIRST_PORT,
+            last=FIRST_PORT + PORTS - 1,
+            **VERSIONS,
+        )
+    )
+    argv = [haproxy_path(), "-f", str(cfg)]
+    async with started("haproxy-tls-target", argv, HELPER_CORE, work) as child:
+
+        async def serving() -> bool:
+            for address in VERSIONS.values():
+                if not await asyncio.to_thread(_handshake_ok, address, FIRST_PORT):
+                    return False
+            return True
+
+        await wait_until(serving, 30, "the TLS target HAProxy serving", child)
+        yield HAProxyProcess(child, socket_path)
+
+
+# -- ours: the check engine in a child process ------------------------------------------------
+
+
+class _NoSessions(dict[Any, Any]):
+    """A session store that keeps nothing: every check a full handshake."""
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        del key, value
+
+
+def _child(kind: str, seconds: float, full: bool) -> None:
+    """Runs in the child: check `kind` targets (tls12, tls13, tcp, http) for `seconds`."""
+    os.sched_setaffinity(0, {MEASURED_CORE})
+    if kind in VERSIONS:
+        options = CheckOptions(scheme="https", tls_insecure_skip_verify=True)
+        points = tls_endpoints(kind)
+    else:
+        options = CheckOptions(scheme="tcp") if kind == "tcp" else CheckOptions()
+        points = endpoints(2000)
+    if kind == "http":  # the plain path, exactly as a target without options takes it
+        targets = [Target(f"{a}:{p}", "bench", a, str(p), HEALTH_PATH) for a, p in points]
+    else:
+        targets = [Target(f"{a}:{p}", "bench", a, str(p), HEALTH_PATH, options) for a, p in points]
+    if full:
+        tls_checks._sessions = _NoSessions()  # type: ignore[assignment]
+    checker = HTTPChecker(timeout=5.0)
+    import uvloop
+
+    figures: dict[str, Any] = uvloop.run(keep_checking(targets, CONCURRENCY, seconds, checker))
+    handshakes = checker.tls_handshakes
+    total = handshakes[False] + handshakes[True]
+    figures["handshakes"] = total
+    figures["resumed_share"] = handshakes[True] / total if total else None
+    print(json.dumps(figures))
+
+
+async def ours(kind: str, seconds: float, full: bool = False) -> dict[str, Any]:
+    argv = [sys.executable, "-m", "bench.tls", "--child", kind, "--seconds", str(seconds)]
+    if full:
+        argv.append("--full")
+    output = await run_bounded(argv, MEASURED_CORE, seconds + 60)
+    figures: dict[str, Any] = json.loads(output.strip().splitlines()[-1])
+    return figures
+
+
+# -- the phases --------------------------------------------------------------------------------
+
+
+async def _recorded(results: dict[str, Any], name: str, measure: Awaitable[dict[str, Any]]) -> None:
+    """One row's measurement; a failure is recorded under `errors` and the other rows still run."""
+    try:
+        results[name] = await measure
+    except Exception as err:
+        results.setdefault("errors", {})[name] = f"{type(err).__name__}: {err}"
+
+
+async def https(work: Path, seconds: int) -> dict[str, Any]:
+    """Every HTTPS row: ours (resumed and full), blackbox_exporter and HAProxy, per version."""
+    results: dict[str, Any] = {}
+    async with tls_target(work) as target:
+        for version in VERSIONS:
+            urls = [f"https://{a}:{p}{HEALTH_PATH}" for a, p in tls_endpoints(version)]
+            await _recorded(results, f"ours_{version}", ours(version, seconds))
+            await _recorded(results, f"ours_full_{version}", ours(version, seconds, full=True))
+            await _recorded(
+                results,
+                f"blackbox_{version}",
+                anchors.blackbox(work, target, seconds, PORTS, urls, "https_2xx", BLACKBOX_TLS_CFG),
+            )
+            await _recorded(
+                results,
+                f"haproxy_{version}",
+                anchors.haproxy_checks(
+                    work,
+                    target,
+                    PORTS,
+                    HAPROXY_INTER_MS,
+                    seconds,
+                    tls_endpoints(version),
+                    " check-ssl verify none",
+                ),
+            )
+    return results
+
+
+async def tcp(seconds: int) -> dict[str, Any]:
+    """A TCP check against a plain HTTP one, on the plain target farm, one after the other."""
+    return {"ours_tcp": await ours("tcp", seconds), "ours_http": await ours("http", seconds)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--child", choices=[*VERSIONS, "tcp", "http"], required=True)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--full", action="store_true", help="forget every session")
+    args = parser.parse_args()
+    _child(args.child, args.seconds, args.full)
+
+
+if __name__ == "__main__":
+    main()
