@@ -23,7 +23,8 @@ from exporter.settings import ConfigError, Settings
 from exporter.shard import Shard, ShardedProvider
 from exporter.sources.docker import DockerSource
 from exporter.sources.docker_api import EngineAddress, EngineError
-from exporter.targets import FileTargetProvider, StaticTargetProvider, parse_targets_env
+from exporter.sources.file import FileTargetProvider
+from exporter.targets import StaticTargetProvider, parse_targets_env
 from exporter.web import make_app
 
 logger = logging.getLogger("exporter")
