@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from exporter.service import (
     target_source,
 )
 from exporter.settings import ConfigError, Settings, environment_variables, load_settings
-from exporter.targets import StaticTargetProvider
+from exporter.sources.env import StaticSource
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_CONFIG_ERROR = 0, 1, 2
 
@@ -68,6 +70,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     args = build_parser().parse_args(argv)
     env = os.environ if environ is None else environ
     command = args.command or "run"
+    if command in ("run", "demo"):
+        _ignore_sighup_until_serving()
     try:
         if command == "demo":
             return _demo(env)
@@ -89,11 +93,40 @@ async def _serve(settings: Settings, source: TargetSource) -> int:
     return EXIT_OK
 
 
-def _validate(settings: Settings) -> int:
+def _ignore_sighup_until_serving() -> None:
+    """SIGHUP's default action ends the process: ignore it until `serve` handles it (reload).
+
+    The first read of the sources (a large targets file, a DNS server) can take a while, and a
+    SIGHUP sent by a config manager then must not kill the exporter.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def read_sources(settings: Settings) -> TargetSource:
+    """Every source read once (DNS and HTTP SD asked once), then stopped; raises ConfigError."""
     source = target_source(settings)
-    run_event_loop(lambda: _load(source))  # talks to the Docker engine once, if configured
+
+    async def read() -> int:
+        try:
+            await load_sources(source)
+            await source.union.start()
+        finally:
+            await source.union.stop()
+        return EXIT_OK
+
+    run_event_loop(read)
+    return source
+
+
+def _validate(settings: Settings) -> int:
+    source = read_sources(settings)
     targets = source.provider.get_health_check_targets()
     haproxy_updater(settings)
+    for each in source.union.sources:
+        found = each.get_health_check_targets()
+        names = sorted({t.app_name for t in found})
+        print(f"source {each.name}: {len(found)} targets ({', '.join(names) or 'no apps'})")
     apps = sorted({t.app_name for t in targets})
     cfg = settings.monitor_config()
     timing = "".join(
@@ -126,18 +159,11 @@ def format_options(targets: Sequence[Target]) -> str:
     return "\n".join(lines)
 
 
-async def _load(source: TargetSource) -> int:
-    await load_sources(source)
-    return EXIT_OK
-
-
 def _check(settings: Settings) -> int:
-    source = target_source(settings)
+    targets = list(read_sources(settings).provider.get_health_check_targets())
     checker = HTTPChecker(settings.timeout)
 
     async def run() -> int:
-        await load_sources(source)
-        targets = list(source.provider.get_health_check_targets())
         results = await checker.check_all(targets, settings.max_concurrent)
         print(format_results(results))
         return EXIT_OK if all(r.healthy for r in results) else EXIT_CHECK_FAILED
@@ -188,7 +214,7 @@ def _run_demo(settings: Settings) -> int:
 
     async def run() -> int:
         async with demo_backends() as demo:
-            source = TargetSource(StaticTargetProvider(demo.targets))
+            source = TargetSource.of([StaticSource(demo.targets, name="demo")])
 
             async def banner(addresses: list[str]) -> None:
                 print_banner(addresses, demo)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import platform
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,15 +28,19 @@ from exporter.haproxy.agent import AgentStats
 from exporter.haproxy.updater import HAProxyStats
 from exporter.model import Config, TargetState
 from exporter.monitor import HealthMonitor
+from exporter.sources.base import Source, SourceHealth
 from exporter.stats import Histogram
 
 
 class ReloadStats(Protocol):
     """What a re-readable target source (the targets file) reports about its reloads."""
 
-    reload_successes: int
-    reload_failures: int
-    last_reload_success_time: float
+    @property
+    def reload_successes(self) -> int: ...
+    @property
+    def reload_failures(self) -> int: ...
+    @property
+    def last_reload_success_time(self) -> float: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +71,7 @@ class Snapshot:
     agent: AgentStats | None = None
     # TLS checks (issue 12): completed handshakes by resumed, None with a custom checker.
     tls_handshakes: dict[bool, int] | None = None
+    sources: tuple[tuple[str, SourceHealth], ...] = ()  # (source name, copy of its health)
 
 
 def take_snapshot(
@@ -75,6 +80,8 @@ def take_snapshot(
     reloads: ReloadStats | None = None,
     haproxy: HAProxyStats | None = None,
     agent: AgentStats | None = None,
+    *,
+    sources: Sequence[Source] = (),
 ) -> Snapshot:
     """Copy what `/metrics` shows out of the monitor. Call it on the event loop thread."""
     return Snapshot(
@@ -103,6 +110,7 @@ def take_snapshot(
             if isinstance(monitor.checker, HTTPChecker)
             else None
         ),
+        sources=tuple((source.name, copy.copy(source.health)) for source in sources),
     )
 
 
@@ -135,6 +143,8 @@ class SnapshotCollector(Collector):
                 " error (no line in time, too long or not ASCII: dropped unanswered).",
                 self.snapshot.agent.requests,
             )
+        if self.snapshot.sources:
+            yield from _source_families(self.snapshot.sources)
 
     def _exporter_families(self) -> Iterator[Metric]:
         snap = self.snapshot
@@ -284,6 +294,40 @@ def _haproxy_families(stats: HAProxyStats) -> Iterator[Metric]:
         "Unix time the HAProxy config file was last changed by the exporter (0: not yet).",
         value=stats.last_config_change,
     )
+
+
+def _source_families(sources: tuple[tuple[str, SourceHealth], ...]) -> Iterator[Metric]:
+    """Per target source (env, file, dns, http_sd, docker): what it gives, how its reads went."""
+    families = (
+        GaugeMetricFamily(
+            "healthcheck_source_targets",
+            "Targets the source gives now (its last good read).",
+            labels=["source"],
+        ),
+        GaugeMetricFamily(
+            "healthcheck_source_up",
+            "1 if the source's last read succeeded; 0 while what it reads is bad or unreachable"
+            " (its last good targets are kept).",
+            labels=["source"],
+        ),
+        GaugeMetricFamily(
+            "healthcheck_source_last_success_timestamp_seconds",
+            "Unix time of the source's last successful read (0: never).",
+            labels=["source"],
+        ),
+        CounterMetricFamily(
+            "healthcheck_source_failures",
+            "Failed reads of the source (a bad version counted once, not once per poll).",
+            labels=["source"],
+        ),
+    )
+    targets, up, last_success, failures = families
+    for name, health in sources:
+        targets.add_metric([name], health.targets)
+        up.add_metric([name], int(health.last_error is None))
+        last_success.add_metric([name], health.last_success_time)
+        failures.add_metric([name], health.failures)
+    yield from families
 
 
 def _buckets(hist: HistogramSample) -> list[tuple[str, float]]:

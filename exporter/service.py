@@ -21,10 +21,13 @@ from exporter.model import ConfigUpdater, Target, TargetProvider
 from exporter.monitor import HealthMonitor
 from exporter.settings import ConfigError, Settings
 from exporter.shard import Shard, ShardedProvider
+from exporter.sources.base import Source
 from exporter.sources.docker import DockerSource
 from exporter.sources.docker_api import EngineAddress, EngineError
-from exporter.sources.file import FileTargetProvider
-from exporter.targets import StaticTargetProvider, parse_targets_env
+from exporter.sources.env import StaticSource
+from exporter.sources.file import FileSource
+from exporter.sources.union import SourceUnion
+from exporter.targets import parse_targets_env
 from exporter.web import make_app
 
 logger = logging.getLogger("exporter")
@@ -39,9 +42,28 @@ class LoggingUpdater:
 
 @dataclass
 class TargetSource:
+    """The configured sources, their union, and the provider the monitor reads (maybe sharded)."""
+
+    union: SourceUnion
     provider: TargetProvider
-    file: FileTargetProvider | None = None
-    docker: DockerSource | None = None
+
+    @classmethod
+    def of(cls, sources: Sequence[Source], shard: str | None = None) -> TargetSource:
+        """The union of `sources`; raises ConfigError if two of them give the same id."""
+        union = SourceUnion(sources, logger)
+        union.take_snapshots()
+        provider: TargetProvider = union
+        if shard is not None:
+            provider = ShardedProvider(union, Shard.parse(shard))
+        return cls(union, provider)
+
+    @property
+    def file(self) -> FileSource | None:
+        return next((s for s in self.union.sources if isinstance(s, FileSource)), None)
+
+    @property
+    def docker(self) -> DockerSource | None:
+        return next((s for s in self.union.sources if isinstance(s, DockerSource)), None)
 
     @property
     def reload_stats(self) -> ReloadStats | None:
@@ -56,11 +78,11 @@ class TargetSource:
 
 
 def target_source(settings: Settings) -> TargetSource:
-    """The configured target source, loaded, validated and sharded (raises ConfigError)."""
-    source = _unsharded_source(settings)
-    if settings.shard is not None:
-        source.provider = ShardedProvider(source.provider, Shard.parse(settings.shard))
-    return source
+    """The configured sources, those read at startup loaded and checked (raises ConfigError).
+
+    Sources that ask a server (Docker, DNS, HTTP SD) are read by `TargetSource.union.start()`.
+    """
+    return TargetSource.of(configured_sources(settings), settings.shard)
 
 
 def check_defaults(settings: Settings) -> OptionValues:
@@ -73,22 +95,39 @@ def check_defaults(settings: Settings) -> OptionValues:
         raise ConfigError(f"HEALTHCHECK_CHECK_DEFAULTS: {exc}") from None
 
 
-def _unsharded_source(settings: Settings) -> TargetSource:
+def configured_sources(settings: Settings) -> list[Source]:
+    """One source per configured kind, in a fixed order (the order of the union)."""
     defaults = check_defaults(settings)
+    sources: list[Source] = []
+    if settings.targets is not None:
+        sources.append(StaticSource(parse_targets_env(settings.targets, defaults=defaults)))
+    if settings.targets_file is not None:
+        file = FileSource(settings.targets_file, logger, defaults=defaults)
+        file.load_initial()
+        sources.append(file)
     docker = docker_source(settings)
     if docker is not None:
-        return TargetSource(docker, docker=docker)
-    if settings.targets is not None:
-        targets = parse_targets_env(settings.targets, defaults=defaults)
-        return TargetSource(StaticTargetProvider(targets))
-    if settings.targets_file is not None:
-        provider = FileTargetProvider(settings.targets_file, logger, defaults=defaults)
-        provider.load_initial()
-        return TargetSource(provider, provider)
-    raise ConfigError(
-        "HEALTHCHECK_TARGETS: no targets configured: set HEALTHCHECK_TARGETS or "
-        "HEALTHCHECK_TARGETS_FILE (or try `healthcheck-exporter demo`)"
+        sources.append(docker)
+    if not sources:
+        raise ConfigError(
+            "HEALTHCHECK_TARGETS: no targets configured: set HEALTHCHECK_TARGETS,"
+            " HEALTHCHECK_TARGETS_FILE or HEALTHCHECK_DOCKER_HOST"
+            " (or try `healthcheck-exporter demo`)"
+        )
+    return sources
+
+
+def reload_targets(source: TargetSource, reason: str = "SIGHUP") -> None:
+    """Re-read every source now: SIGHUP (and `POST /-/reload`) call this, and only this.
+
+    Returns at once: each source reads in its own task, off the event loop where that is slow,
+    and the monitor picks up what changed. A bad version keeps that source's previous targets.
+    """
+    logger.info(
+        "re-reading the target sources",
+        extra={"reason": reason, "sources": ",".join(s.name for s in source.union.sources)},
     )
+    source.union.refresh()
 
 
 # --- Docker source (issue 15) ---
@@ -98,16 +137,6 @@ def docker_source(settings: Settings) -> DockerSource | None:
     """The Docker source if HEALTHCHECK_DOCKER_HOST is set (not yet reached); raises ConfigError."""
     if settings.docker_host is None:
         return None
-    others = [
-        name
-        for name, value in (
-            ("HEALTHCHECK_TARGETS", settings.targets),
-            ("HEALTHCHECK_TARGETS_FILE", settings.targets_file),
-        )
-        if value is not None
-    ]
-    if others:
-        raise ConfigError(f"HEALTHCHECK_DOCKER_HOST: set either it or {others[0]}, not both")
     try:
         address = EngineAddress.parse(settings.docker_host)
     except ValueError as exc:
@@ -170,12 +199,20 @@ async def serve(
 ) -> None:
     """Run until SIGTERM or SIGINT, then shut down cleanly."""
     loop = asyncio.get_running_loop()
-    await load_sources(source)
+    # SIGHUP first: before, its default action would end the process (a slow first read).
+    loop.add_signal_handler(signal.SIGHUP, reload_targets, source)
     haproxy = haproxy_updater(settings) if updater is None else None
     agent_mode = settings.agent_listen_address is not None
     # In agent mode, health reaches HAProxy through the agent: the file follows membership only.
     on_health = updater or (None if agent_mode else haproxy) or LoggingUpdater()
     monitor = HealthMonitor(settings.monitor_config(), source.provider, on_health, logger)
+    try:
+        await load_sources(source)
+        await source.union.start(monitor.refresh_targets)
+    except BaseException:
+        loop.remove_signal_handler(signal.SIGHUP)
+        await source.union.stop()
+        raise
     membership: MembershipFile | None = None
     if haproxy is not None:
         if agent_mode:
@@ -192,14 +229,16 @@ async def serve(
     labels = build_labels(event_loop_name(), settings.shard or "")
     stats = haproxy.stats if haproxy is not None else None
     agent_stats = agent.stats if agent is not None else None
+    sources = source.union.sources
     app = make_app(
         monitor,
-        lambda: take_snapshot(monitor, labels, source.reload_stats, stats, agent_stats),
+        lambda: take_snapshot(
+            monitor, labels, source.reload_stats, stats, agent_stats, sources=sources
+        ),
     )
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.5)
     await runner.setup()
     stop = asyncio.Event()
-    watch: asyncio.Task[None] | None = None
     follow: asyncio.Task[None] | None = None
     try:
         site = web.TCPSite(runner, settings.listen_host, settings.listen_port)
@@ -211,12 +250,6 @@ async def serve(
             follow = loop.create_task(membership.run())
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        if source.file is not None:
-            watch = loop.create_task(source.file.watch(monitor.refresh_targets))
-            loop.add_signal_handler(signal.SIGHUP, _reload_on_sighup, source.file, monitor)
-        if source.docker is not None:
-            follow = loop.create_task(source.docker.run(monitor.refresh_targets))
-            loop.add_signal_handler(signal.SIGHUP, source.docker.refresh)
         if settings.timeout > settings.interval:
             logger.warning(
                 "HEALTHCHECK_TIMEOUT is longer than HEALTHCHECK_INTERVAL: a slot that comes "
@@ -241,10 +274,10 @@ async def serve(
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
-        for task in (watch, follow):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        await source.union.stop()
+        if follow is not None:
+            follow.cancel()
+            await asyncio.gather(follow, return_exceptions=True)
         if agent is not None:
             await agent.stop()
         await monitor.stop()
@@ -264,12 +297,6 @@ async def _start_agent(agent: AgentServer, settings: Settings) -> None:
             f" {err.strerror or err}"
         ) from None
     logger.info("agent ready", extra={"address": ",".join(bound)})
-
-
-def _reload_on_sighup(provider: FileTargetProvider, monitor: HealthMonitor) -> None:
-    logger.info("SIGHUP: re-reading the targets file", extra={"file": str(provider.path)})
-    provider.reload()
-    monitor.refresh_targets()
 
 
 def _format_address(address: object) -> str:

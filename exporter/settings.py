@@ -245,6 +245,8 @@ def parse_port(text: str, minimum: int = 1) -> int:
         raise ValueError(f"port {quoted(text)} is not a number")
     if len(text) > 1 and text.startswith("0"):
         raise ValueError(f"port {quoted(text)} has a leading zero")
+    if len(text) > 5:  # before int(): Python refuses to convert thousands of digits
+        raise ValueError(f"port {quoted(text, 12)} out of range {minimum}-65535")
     port = int(text)
     check_port_range(port, minimum)
     return port
@@ -252,7 +254,8 @@ def parse_port(text: str, minimum: int = 1) -> int:
 
 def check_port_range(port: int, minimum: int = 1) -> None:
     if not minimum <= port <= 65535:
-        raise ValueError(f"port {port} out of range {minimum}-65535")
+        shown = port if port.bit_length() <= 64 else f"of {len(str(abs(port)))} digits"
+        raise ValueError(f"port {shown} out of range {minimum}-65535")
 
 
 # --- settings ------------------------------------------------------------------------------------
@@ -461,12 +464,6 @@ class Settings(BaseSettings):
     @classmethod
     def _check_listen_address(cls, value: str) -> str:
         return checked_listen_address(value)
-
-    @model_validator(mode="after")
-    def _check_one_target_source(self) -> Settings:
-        if self.targets is not None and self.targets_file is not None:
-            raise ValueError(f"set only one of {ENV_PREFIX}TARGETS and {ENV_PREFIX}TARGETS_FILE")
-        return self
 
     @field_validator("check_defaults")
     @classmethod

@@ -187,17 +187,24 @@ def parse_targets_env(
 
     Compact: `app=[scheme://]host:port[/path]` entries separated by commas and/or whitespace,
     e.g. `web=10.0.0.5:8080/healthz, web=[fd00::2]:8080 api=https://backend.internal/ping`.
-    JSON: the shapes `parse_targets_document` accepts. Empty text gives no targets. `defaults`
-    (from `HEALTHCHECK_CHECK_DEFAULTS`) are the options of a target that does not set them.
+    JSON: the shapes `parse_targets_document` accepts (`[]` is an explicit "no targets").
+    Text with separators only (`,`, spaces) is an error: it is a mistake, never a wish for none.
+    `defaults` (from `HEALTHCHECK_CHECK_DEFAULTS`) are the options of a target that does not set
+    them.
     """
     if text.strip().startswith("["):
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{source}: {json_error_message(exc)}") from None
+            data = decode_json(text)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
         return parse_targets_document(data, source, defaults=defaults)
     located: list[tuple[str, Target]] = []
     entries = [entry for entry in _COMPACT_SEPARATORS.split(text) if entry]
+    if not entries:
+        raise ConfigError(
+            f"{source}: no targets in {quoted(text)} (expected app=host:port[/path] entries;"
+            " write [] for none)"
+        )
     for index, entry in enumerate(entries, 1):
         location = f"entry {index} {quoted(entry)}"
         with _located(source, location):
@@ -315,8 +322,26 @@ def parse_targets_document(
     return _unique(located, source)
 
 
-def json_error_message(exc: json.JSONDecodeError) -> str:
-    return f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+def decode_json(text: str) -> object:
+    """`json.loads` whose every failure is a ValueError with a one-line, user-facing message.
+
+    Besides syntax errors, Python refuses nesting deeper than its recursion limit and integers
+    of more than 4,300 digits; both are bad input, not crashes.
+    """
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from None
+    except RecursionError:
+        raise ValueError(f"invalid JSON: {NESTED_TOO_DEEPLY}") from None
+    except ValueError:  # int() refusing a number of thousands of digits
+        raise ValueError(f"invalid JSON: {NUMBER_TOO_LONG}") from None
+
+
+NESTED_TOO_DEEPLY = "nested too deeply (a targets document is a flat list of objects)"
+NUMBER_TOO_LONG = "a number has thousands of digits"
 
 
 # --- providers -----------------------------------------------------------------------------------

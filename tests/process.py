@@ -11,7 +11,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -85,10 +85,11 @@ def listening_url(line: str) -> str:
 
 @contextlib.asynccontextmanager
 async def exporter(
-    env: Mapping[str, str], *args: str, ready: bool = True
+    env: Mapping[str, str], *args: str, ready: bool = True, prefix: Sequence[str] = ()
 ) -> AsyncIterator[ExporterProcess]:
-    """Start `python -m exporter [args]` with `env`; yields once it listens (and is ready)."""
+    """Start `[prefix] python -m exporter [args]` with `env`; yields once listening (and ready)."""
     proc = await asyncio.create_subprocess_exec(
+        *prefix,
         *EXPORTER,
         *args,
         env=child_env(env),

@@ -347,11 +347,11 @@ def test_targets_text_and_file_are_kept_as_given() -> None:
     assert settings.targets_file == Path("/etc/targets.yml")
 
 
-def test_targets_and_targets_file_together_are_rejected() -> None:
-    message = config_error(
+def test_targets_and_targets_file_may_be_set_together() -> None:
+    settings = load_settings(
         {"HEALTHCHECK_TARGETS": "web=a:80", "HEALTHCHECK_TARGETS_FILE": "/etc/targets.yml"}
     )
-    assert message == "set only one of HEALTHCHECK_TARGETS and HEALTHCHECK_TARGETS_FILE"
+    assert (settings.targets, settings.targets_file) == ("web=a:80", Path("/etc/targets.yml"))
 
 
 # --- listen address ------------------------------------------------------------------------------

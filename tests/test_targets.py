@@ -95,9 +95,16 @@ def test_compact_targets_are_separated_by_commas_and_or_whitespace(text: str) ->
     assert [target.app_name for target in parse_targets_env(text)] == ["a", "b", "c"]
 
 
-@pytest.mark.parametrize("text", ["", "   ", " , \n"])
-def test_empty_targets_text_gives_no_targets(text: str) -> None:
-    assert parse_targets_env(text) == []
+@pytest.mark.parametrize("text", ["", "   ", ",", " , \n"])
+def test_targets_text_with_separators_only_is_an_error_naming_the_variable(text: str) -> None:
+    assert env_error(text) == (
+        f"HEALTHCHECK_TARGETS: no targets in {text!r} (expected app=host:port[/path] entries;"
+        " write [] for none)"
+    )
+
+
+def test_empty_json_list_in_the_variable_gives_no_targets() -> None:
+    assert parse_targets_env(" [] ") == []
 
 
 def test_compact_entry_errors_name_source_index_and_text() -> None:
