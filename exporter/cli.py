@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -115,7 +116,13 @@ def read_sources(settings: Settings) -> TargetSource:
             await source.union.stop()
         return EXIT_OK
 
-    run_event_loop(read)
+    # What goes wrong ends in one ConfigError line; the sources' own log lines would repeat it.
+    exporter_logger = logging.getLogger("exporter")
+    exporter_logger.disabled = True
+    try:
+        run_event_loop(read)
+    finally:
+        exporter_logger.disabled = False
     return source
 
 

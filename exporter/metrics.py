@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import copy
 import platform
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -41,6 +41,13 @@ class ReloadStats(Protocol):
     def reload_failures(self) -> int: ...
     @property
     def last_reload_success_time(self) -> float: ...
+
+
+@runtime_checkable
+class CollectingSource(Protocol):
+    """A source with metric families of its own (built at scrape time, on the event loop)."""
+
+    def collect(self) -> Iterable[Metric]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +79,7 @@ class Snapshot:
     # TLS checks (issue 12): completed handshakes by resumed, None with a custom checker.
     tls_handshakes: dict[bool, int] | None = None
     sources: tuple[tuple[str, SourceHealth], ...] = ()  # (source name, copy of its health)
+    source_metrics: tuple[Metric, ...] = ()  # families a source adds (DNS lookups per name)
 
 
 def take_snapshot(
@@ -111,6 +119,12 @@ def take_snapshot(
             else None
         ),
         sources=tuple((source.name, copy.copy(source.health)) for source in sources),
+        source_metrics=tuple(
+            family
+            for source in sources
+            if isinstance(source, CollectingSource)
+            for family in source.collect()
+        ),
     )
 
 
@@ -145,6 +159,7 @@ class SnapshotCollector(Collector):
             )
         if self.snapshot.sources:
             yield from _source_families(self.snapshot.sources)
+        yield from self.snapshot.source_metrics
 
     def _exporter_families(self) -> Iterator[Metric]:
         snap = self.snapshot

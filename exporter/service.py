@@ -22,6 +22,7 @@ from exporter.monitor import HealthMonitor
 from exporter.settings import ConfigError, Settings
 from exporter.shard import Shard, ShardedProvider
 from exporter.sources.base import Source
+from exporter.sources.dns import DnsSource, parse_dns_sd, parse_dns_server
 from exporter.sources.docker import DockerSource
 from exporter.sources.docker_api import EngineAddress, EngineError
 from exporter.sources.env import StaticSource
@@ -108,10 +109,14 @@ def configured_sources(settings: Settings) -> list[Source]:
     docker = docker_source(settings)
     if docker is not None:
         sources.append(docker)
+    if settings.dns_sd is not None:
+        server = None if settings.dns_server is None else parse_dns_server(settings.dns_server)
+        queries = parse_dns_sd(settings.dns_sd)
+        sources.append(DnsSource(queries, logger, settings.dns_refresh, server))
     if not sources:
         raise ConfigError(
             "HEALTHCHECK_TARGETS: no targets configured: set HEALTHCHECK_TARGETS,"
-            " HEALTHCHECK_TARGETS_FILE or HEALTHCHECK_DOCKER_HOST"
+            " HEALTHCHECK_TARGETS_FILE, HEALTHCHECK_DOCKER_HOST or HEALTHCHECK_DNS_SD"
             " (or try `healthcheck-exporter demo`)"
         )
     return sources

@@ -357,6 +357,31 @@ class Settings(BaseSettings):
         " (default: a container's only network; host-network containers: 127.0.0.1).",
     )
 
+    # Target sources beyond the variable and the file (issue 15): DNS and Prometheus HTTP SD.
+    dns_sd: str | None = Field(
+        default=None,
+        description="Targets from DNS: 'app=SRV-name', 'app=A:name:port' or"
+        " 'app=AAAA:name:port' entries separated by commas or spaces (id app-ip-port).",
+    )
+    dns_refresh: Duration = Field(
+        default=30.0,
+        description="Time between two lookups of each HEALTHCHECK_DNS_SD name (a shorter record"
+        " TTL wins, down to 1s).",
+    )
+    dns_server: str | None = Field(
+        default=None,
+        description="DNS server to ask, ip:port (default: the system's resolvers).",
+    )
+    http_sd_url: str | None = Field(
+        default=None,
+        description="Prometheus HTTP service discovery URL: a JSON list of {targets, labels}"
+        " groups, labels as in the targets file (app, path, id).",
+    )
+    http_sd_refresh: Duration = Field(
+        default=60.0,
+        description="Time between two fetches of HEALTHCHECK_HTTP_SD_URL (ETag honoured).",
+    )
+
     haproxy_config: Path | None = Field(
         default=None,
         description="HAProxy config fragment to keep in step with health (one backend per app);"
@@ -502,6 +527,19 @@ class Settings(BaseSettings):
         if value and not re.fullmatch(r"[A-Za-z0-9._:-]+", value):
             raise ValueError(f"may only contain A-Z a-z 0-9 . _ : - (got {quoted(value)})")
         return value
+
+    @model_validator(mode="after")
+    def _check_source_options(self) -> Settings:
+        for option, needs in (
+            ("dns_refresh", "dns_sd"),
+            ("dns_server", "dns_sd"),
+            ("http_sd_refresh", "http_sd_url"),
+        ):
+            if getattr(self, needs) is None and getattr(self, option) != (
+                type(self).model_fields[option].default
+            ):
+                raise ValueError(f"{_variable_name(option)}: needs {_variable_name(needs)}")
+        return self
 
     @model_validator(mode="after")
     def _check_haproxy(self) -> Settings:

@@ -17,6 +17,7 @@ declare -A APT_FOR=(
     [busybox]=busybox-static
     [debootstrap]=debootstrap
     [docker-compose]=docker-compose
+    [dnsmasq]=dnsmasq-base
 )
 
 install_debian_packages() {

@@ -25,6 +25,7 @@ from exporter.model import Target, TargetProvider
 from exporter.settings import ConfigError
 from exporter.sources import file as targets_module
 from exporter.sources.file import FileSource, FileTargetProvider, load_targets_file
+from tests.source_tasks import running
 
 POLL = 0.05
 
@@ -612,18 +613,6 @@ async def test_file_provider_watch_stops_when_cancelled(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-
-
-@contextlib.asynccontextmanager
-async def running(source: FileSource, on_change: Callable[[], None]) -> AsyncIterator[None]:
-    """`source.run(on_change)` as a task for the block, cancelled after it."""
-    task = asyncio.create_task(source.run(on_change))
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 # --- sources that fail (issue 13) ----------------------------------------------------------------
