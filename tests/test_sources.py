@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.process import EXPORTER, child_env, exporter, run_cli, value
+from tests.process import EXPORTER, child_env, exporter, run_cli, stop_process, value
 from tests.servers import target_server
 
 FAST = {"HEALTHCHECK_INTERVAL": "100ms", "HEALTHCHECK_TIMEOUT": "1s"}
@@ -118,7 +118,7 @@ def sighup_ignored(pid: int) -> bool:
 
 async def test_sighup_during_a_slow_first_read_does_not_kill_the_exporter(tmp_path: Path) -> None:
     path = tmp_path / "targets.json"
-    path.write_text(json_targets(*[("web", port) for port in range(1024, 41024)]))
+    path.write_text(json_targets(*[("web", port) for port in range(1024, 6024)]))
     env = child_env({"HEALTHCHECK_TARGETS_FILE": str(path), "HEALTHCHECK_ENABLED": "false"})
     proc = await asyncio.create_subprocess_exec(
         *EXPORTER, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
@@ -136,8 +136,7 @@ async def test_sighup_during_a_slow_first_read_does_not_kill_the_exporter(tmp_pa
             line = await asyncio.wait_for(proc.stdout.readline(), 60)
         await assert_survives_sighup(proc)
     finally:
-        proc.terminate()
-        await proc.wait()
+        await stop_process(proc)
 
 
 # --- a targets file that goes bad while running (issue 13) ---------------------------------------
