@@ -27,6 +27,7 @@ from exporter.sources.docker import DockerSource
 from exporter.sources.docker_api import EngineAddress, EngineError
 from exporter.sources.env import StaticSource
 from exporter.sources.file import FileSource
+from exporter.sources.http_sd import HttpSdSource, parse_http_sd_url
 from exporter.sources.union import SourceUnion
 from exporter.targets import parse_targets_env
 from exporter.web import make_app
@@ -113,10 +114,14 @@ def configured_sources(settings: Settings) -> list[Source]:
         server = None if settings.dns_server is None else parse_dns_server(settings.dns_server)
         queries = parse_dns_sd(settings.dns_sd)
         sources.append(DnsSource(queries, logger, settings.dns_refresh, server))
+    if settings.http_sd_url is not None:
+        url = parse_http_sd_url(settings.http_sd_url)
+        sources.append(HttpSdSource(url, logger, settings.http_sd_refresh))
     if not sources:
         raise ConfigError(
             "HEALTHCHECK_TARGETS: no targets configured: set HEALTHCHECK_TARGETS,"
-            " HEALTHCHECK_TARGETS_FILE, HEALTHCHECK_DOCKER_HOST or HEALTHCHECK_DNS_SD"
+            " HEALTHCHECK_TARGETS_FILE, HEALTHCHECK_DOCKER_HOST, HEALTHCHECK_DNS_SD or"
+            " HEALTHCHECK_HTTP_SD_URL"
             " (or try `healthcheck-exporter demo`)"
         )
     return sources

@@ -17,7 +17,7 @@ from exporter.sources.dns import DnsQuery, DnsSource, parse_dns_sd, parse_dns_se
 from tests.dns_server import DnsServer, dns_server
 from tests.process import exporter, run_cli, samples, value
 from tests.servers import target_server
-from tests.source_tasks import running
+from tests.source_tasks import running, validate_reports
 
 LOGGER = logging.getLogger("tests.dns")
 WEB_SRV = "_http._tcp.web.test"
@@ -215,9 +215,7 @@ async def test_exporter_checks_targets_found_in_dns_and_validate_reports_them(
             "HEALTHCHECK_DNS_SERVER": dns.address,
             "HEALTHCHECK_DNS_REFRESH": "200ms",
         }
-        code, out, err = await run_cli("validate", env=env)
-        assert code == 0, err
-        assert "source dns: 1 targets (web)" in out
+        await validate_reports(env, "source dns: 1 targets (web)")
         async with exporter(env) as proc:
             body = await proc.wait_for_metrics(
                 lambda b: value(b, "healthcheck_target_up", target=f"web-127.0.0.1-{srv.port}") == 1

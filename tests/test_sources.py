@@ -19,6 +19,7 @@ import pytest
 
 from tests.process import EXPORTER, child_env, exporter, run_cli, stop_process, value
 from tests.servers import target_server
+from tests.source_tasks import validate_reports
 
 FAST = {"HEALTHCHECK_INTERVAL": "100ms", "HEALTHCHECK_TIMEOUT": "1s"}
 
@@ -217,11 +218,7 @@ async def test_variable_and_file_give_the_union_with_per_source_metrics(tmp_path
         path = tmp_path / "targets.json"
         path.write_text(json_targets(("api", srv.port)))
         env = inline_and_file(srv.port, path)
-        code, out, err = await run_cli("validate", env=env)
-        assert code == 0, err
-        assert "source env: 1 targets (web)" in out
-        assert "source file: 1 targets (api)" in out
-        assert "configuration OK: 2 targets in 2 apps" in out
+        await validate_reports(env, "source env: 1 targets (web)", "source file: 1 targets (api)")
         async with exporter(env) as proc:
             body = await proc.wait_for_metrics(
                 lambda b: (
