@@ -202,6 +202,37 @@ async def test_deleted_file_keeps_targets_and_readiness(tmp_path: Path) -> None:
             await proc.wait_for_metrics(lambda b: value(b, "healthcheck_target_up", app="api") == 1)
 
 
+async def test_writer_pausing_for_seconds_mid_file_never_drops_targets(tmp_path: Path) -> None:
+    """Defect 4 as found: 5 targets rewritten in place, the writer pausing 2.5 s after 2."""
+    async with target_server() as srv:
+        path = tmp_path / "targets.yml"
+        entries = [
+            f"- {{app: web, ip: 127.0.0.1, port: {srv.port}, path: /t/{n}}}\n" for n in range(6)
+        ]
+        entries = [
+            entry.replace("path: /t/", f"id: w{n}, path: /t/") for n, entry in enumerate(entries)
+        ]
+        path.write_text("".join(entries[:5]))
+        async with exporter({**FAST, "HEALTHCHECK_TARGETS_FILE": str(path)}) as proc:
+            counts = set()
+            with path.open("w") as writer:  # default 1 s polling: the pause spans two polls
+                writer.write("".join(entries[:2]))
+                writer.flush()
+                deadline = time.monotonic() + 2.5
+                while time.monotonic() < deadline:
+                    counts.add(
+                        value(await proc.metrics(), "healthcheck_source_targets", source="file")
+                    )
+                    await asyncio.sleep(0.1)
+                writer.write("".join(entries[2:]))
+            await proc.wait_for_metrics(
+                lambda b: value(b, "healthcheck_source_targets", source="file") == 6
+            )
+            assert counts == {5}
+            body = await proc.metrics()
+            assert value(body, "healthcheck_source_failures_total", source="file") == 0
+
+
 # --- several sources at once (issue 15) ----------------------------------------------------------
 
 
