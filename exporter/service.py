@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 import jinja2
 from aiohttp import web
 
-from exporter.checks.options import OptionValues, parse_check_defaults
+from exporter.checks.options import OptionValues, build_options, parse_check_defaults
 from exporter.haproxy.agent import AgentServer, AnswerFromState
 from exporter.haproxy.membership import MembershipFile
 from exporter.haproxy.render import AgentCheck
@@ -113,10 +113,11 @@ def configured_sources(settings: Settings) -> list[Source]:
     if settings.dns_sd is not None:
         server = None if settings.dns_server is None else parse_dns_server(settings.dns_server)
         queries = parse_dns_sd(settings.dns_sd)
-        sources.append(DnsSource(queries, logger, settings.dns_refresh, server))
+        options = build_options(defaults)
+        sources.append(DnsSource(queries, logger, settings.dns_refresh, server, options))
     if settings.http_sd_url is not None:
         url = parse_http_sd_url(settings.http_sd_url)
-        sources.append(HttpSdSource(url, logger, settings.http_sd_refresh))
+        sources.append(HttpSdSource(url, logger, settings.http_sd_refresh, defaults=defaults))
     if not sources:
         raise ConfigError(
             "HEALTHCHECK_TARGETS: no targets configured: set HEALTHCHECK_TARGETS,"

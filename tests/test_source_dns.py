@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from exporter.checks.options import build_options, parse_check_defaults
 from exporter.model import Target
 from exporter.settings import ConfigError
 from exporter.sources.dns import DnsQuery, DnsSource, parse_dns_sd, parse_dns_server
@@ -237,3 +238,14 @@ async def test_validate_exits_2_when_the_dns_server_cannot_be_reached(dns: DnsSe
     assert code == 2
     [line] = err.splitlines()
     assert line.startswith("healthcheck-exporter: error: source dns: _http._tcp.web.test.: ")
+
+
+async def test_check_defaults_apply_to_dns_targets(dns: DnsServer) -> None:
+    await dns.serve(**WEB_RECORDS)
+    options = build_options(parse_check_defaults('{"method": "HEAD"}'))
+    source = DnsSource(
+        parse_dns_sd("api=A:api.test:9000"), LOGGER, 30, ("127.0.0.1", dns.port), options
+    )
+    await source.refresh_once()
+    [found] = source.get_health_check_targets()
+    assert found.options.method == "HEAD"

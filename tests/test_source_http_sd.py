@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
+from exporter.checks.options import parse_check_defaults
 from exporter.model import Target
 from exporter.settings import ConfigError
 from exporter.sources.http_sd import HttpSdSource, parse_http_sd_url
@@ -196,3 +197,15 @@ async def test_validate_exits_2_when_the_endpoint_cannot_be_reached() -> None:
     assert code == 2
     [line] = err.splitlines()
     assert line.startswith(f"healthcheck-exporter: error: source http_sd: {url}: ")
+
+
+async def test_check_defaults_and_option_labels_apply_to_http_sd_targets(
+    sd: SdServer, session: aiohttp.ClientSession
+) -> None:
+    sd.document = json.dumps([group(8080), group(8443, scheme="https", id="secure")])
+    defaults = parse_check_defaults('{"method": "HEAD"}')
+    source = HttpSdSource(URL(sd.url), LOGGER, defaults=defaults)
+    assert await source.fetch_once(session)
+    plain, secure = source.get_health_check_targets()
+    assert (plain.options.method, plain.options.scheme) == ("HEAD", "http")
+    assert (secure.options.method, secure.options.scheme) == ("HEAD", "https")

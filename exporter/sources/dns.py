@@ -30,7 +30,7 @@ import dns.resolver
 from dns.rdtypes.IN.SRV import SRV
 from prometheus_client.core import CounterMetricFamily, Metric
 
-from exporter.model import Target
+from exporter.model import DEFAULT_CHECK_OPTIONS, CheckOptions, Target
 from exporter.settings import ConfigError, check_host, parse_port, quoted, split_host_port
 from exporter.sources.base import SourceHealth
 from exporter.targets import DEFAULT_HEALTH_CHECK_PATH
@@ -209,8 +209,10 @@ class DnsSource:
         logger: logging.Logger,
         refresh_interval: float = 30.0,
         server: tuple[str, int] | None = None,
+        options: CheckOptions = DEFAULT_CHECK_OPTIONS,
     ) -> None:
         self.queries = list(queries)
+        self.options = options  # HEALTHCHECK_CHECK_DEFAULTS: DNS gives addresses only
         self.refresh_interval = refresh_interval
         self.health = SourceHealth()
         self.lookups: Counter[tuple[str, str]] = Counter()  # (name label, result) -> count
@@ -278,7 +280,9 @@ class DnsSource:
         state.error = None
         if answer.result == "success":
             state.empty_streak = 0
-            state.targets = [_target(query.app, ip, port) for ip, port in answer.addresses]
+            state.targets = [
+                _target(query.app, ip, port, self.options) for ip, port in answer.addresses
+            ]
             return
         state.empty_streak += 1
         if state.empty_streak >= 2 and state.targets:
@@ -301,11 +305,12 @@ class DnsSource:
         yield family
 
 
-def _target(app: str, ip: str, port: int) -> Target:
+def _target(app: str, ip: str, port: int, options: CheckOptions) -> Target:
     return Target(
         id=f"{app}-{ip}-{port}",
         app_name=app,
         ip=ip,
         port=str(port),
         health_check_path=DEFAULT_HEALTH_CHECK_PATH,
+        options=options,
     )

@@ -21,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from yarl import URL
 
 from exporter import __version__
+from exporter.checks.options import OptionValues
 from exporter.model import Target
 from exporter.settings import ConfigError, quoted
 from exporter.sources.base import SourceHealth
@@ -45,7 +46,7 @@ class _FetchError(Exception):
     """A fetch that gave no document (the message says why)."""
 
 
-def parse_document(body: bytes, url: str) -> list[Target]:
+def parse_document(body: bytes, url: str, defaults: OptionValues | None = None) -> list[Target]:
     """The targets of one HTTP SD document; raises ConfigError naming the URL and entry."""
     try:
         data = decode_json(body.decode("utf-8-sig"))
@@ -53,7 +54,7 @@ def parse_document(body: bytes, url: str) -> list[Target]:
         raise ConfigError(f"{url}: not UTF-8 (bad byte at offset {exc.start})") from None
     except ValueError as exc:
         raise ConfigError(f"{url}: {exc}") from None
-    return parse_targets_document(data, url)
+    return parse_targets_document(data, url, defaults=defaults)
 
 
 async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
@@ -73,8 +74,16 @@ class HttpSdSource:
 
     name = "http_sd"
 
-    def __init__(self, url: URL, logger: logging.Logger, refresh_interval: float = 60.0) -> None:
+    def __init__(
+        self,
+        url: URL,
+        logger: logging.Logger,
+        refresh_interval: float = 60.0,
+        *,
+        defaults: OptionValues | None = None,
+    ) -> None:
         self.url = url
+        self._defaults = defaults  # HEALTHCHECK_CHECK_DEFAULTS
         self.refresh_interval = refresh_interval
         self.health = SourceHealth()
         self.fetches: Counter[str] = Counter()  # result -> count
@@ -127,7 +136,7 @@ class HttpSdSource:
             self.fetches["unchanged"] += 1
             return False
         try:
-            targets = await asyncio.to_thread(parse_document, body, str(self.url))
+            targets = await asyncio.to_thread(parse_document, body, str(self.url), self._defaults)
         except ConfigError as exc:
             self._bad_digest = digest
             self._failed("document", str(exc))
