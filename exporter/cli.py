@@ -17,6 +17,7 @@ from exporter.logs import configure_logging
 from exporter.model import DEFAULT_CHECK_OPTIONS, Result, Target
 from exporter.service import (
     TargetSource,
+    check_replaceable_file,
     haproxy_updater,
     load_sources,
     run_event_loop,
@@ -94,6 +95,8 @@ def _validate(settings: Settings) -> int:
     run_event_loop(lambda: _load(source))  # talks to the Docker engine once, if configured
     targets = source.provider.get_health_check_targets()
     haproxy_updater(settings)
+    if settings.state_file is not None:
+        check_replaceable_file("HEALTHCHECK_STATE_FILE", settings.state_file)
     apps = sorted({t.app_name for t in targets})
     cfg = settings.monitor_config()
     timing = "".join(

@@ -28,6 +28,7 @@ from exporter.haproxy.agent import AgentStats
 from exporter.haproxy.updater import HAProxyStats
 from exporter.model import Config, TargetState
 from exporter.monitor import HealthMonitor
+from exporter.statefile import StateFileStats
 from exporter.stats import Histogram
 
 
@@ -67,6 +68,8 @@ class Snapshot:
     agent: AgentStats | None = None
     # TLS checks (issue 12): completed handshakes by resumed, None with a custom checker.
     tls_handshakes: dict[bool, int] | None = None
+    panic: dict[str, bool] | None = None  # app -> in panic
+    state_file: StateFileStats | None = None
 
 
 def take_snapshot(
@@ -75,6 +78,7 @@ def take_snapshot(
     reloads: ReloadStats | None = None,
     haproxy: HAProxyStats | None = None,
     agent: AgentStats | None = None,
+    state_file: StateFileStats | None = None,
 ) -> Snapshot:
     """Copy what `/metrics` shows out of the monitor. Call it on the event loop thread."""
     return Snapshot(
@@ -103,6 +107,8 @@ def take_snapshot(
             if isinstance(monitor.checker, HTTPChecker)
             else None
         ),
+        panic={app: health.panic for app, health in monitor.panic_view.apps.items()},
+        state_file=copy.deepcopy(state_file),
     )
 
 
@@ -135,6 +141,7 @@ class SnapshotCollector(Collector):
                 " error (no line in time, too long or not ASCII: dropped unanswered).",
                 self.snapshot.agent.requests,
             )
+        yield from _safety_families(self.snapshot)
 
     def _exporter_families(self) -> Iterator[Metric]:
         snap = self.snapshot
@@ -280,9 +287,39 @@ def _haproxy_families(stats: HAProxyStats) -> Iterator[Metric]:
         value=stats.last_reload_success,
     )
     yield GaugeMetricFamily(
+        "healthcheck_haproxy_config_stale",
+        "1 while the last attempt to update the HAProxy config file failed: the file (the last "
+        "good one) no longer matches target health; retried with backoff until it does.",
+        value=int(stats.stale),
+    )
+    yield GaugeMetricFamily(
         "healthcheck_haproxy_last_config_change_timestamp_seconds",
         "Unix time the HAProxy config file was last changed by the exporter (0: not yet).",
         value=stats.last_config_change,
+    )
+
+
+def _safety_families(snap: Snapshot) -> Iterator[Metric]:
+    panic = GaugeMetricFamily(
+        "healthcheck_app_panic",
+        "1 while the app is in panic (its healthy targets below HEALTHCHECK_PANIC_THRESHOLD): "
+        "every target of the app is passed on as routable, whatever its health.",
+        labels=["app"],
+    )
+    for app, in_panic in sorted((snap.panic or {}).items()):
+        panic.add_metric([app], int(in_panic))
+    yield panic
+    if snap.state_file is None:
+        return
+    yield _counter_by_result(
+        "healthcheck_state_file_writes",
+        "Saves of HEALTHCHECK_STATE_FILE, by result (a failure keeps the last good file).",
+        snap.state_file.writes,
+    )
+    yield GaugeMetricFamily(
+        "healthcheck_state_file_stale",
+        "1 while the last save of HEALTHCHECK_STATE_FILE failed (retried with backoff).",
+        value=int(snap.state_file.stale),
     )
 
 

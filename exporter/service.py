@@ -7,11 +7,14 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import jinja2
 from aiohttp import web
 
+from exporter import statefile
 from exporter.checks.options import OptionValues, parse_check_defaults
+from exporter.haproxy import files
 from exporter.haproxy.agent import AgentServer, AnswerFromState
 from exporter.haproxy.membership import MembershipFile
 from exporter.haproxy.render import AgentCheck
@@ -23,6 +26,7 @@ from exporter.settings import ConfigError, Settings
 from exporter.shard import Shard, ShardedProvider
 from exporter.sources.docker import DockerSource
 from exporter.sources.docker_api import EngineAddress, EngineError
+from exporter.statefile import StateSaver
 from exporter.targets import FileTargetProvider, StaticTargetProvider, parse_targets_env
 from exporter.web import make_app
 
@@ -129,10 +133,11 @@ def haproxy_updater(settings: Settings) -> HAProxyUpdater | None:
     if settings.haproxy_config is None:
         return None
     path = settings.haproxy_config
-    if not path.parent.is_dir():
-        raise ConfigError(f"HEALTHCHECK_HAPROXY_CONFIG: directory {path.parent} does not exist")
-    if path.is_dir():
-        raise ConfigError(f"HEALTHCHECK_HAPROXY_CONFIG: {path} is a directory, not a file")
+    check_replaceable_file("HEALTHCHECK_HAPROXY_CONFIG", path)
+    try:
+        files.read_existing(path)  # a FIFO, an unreadable or a binary file: refuse, not crash
+    except ValueError as err:
+        raise ConfigError(f"HEALTHCHECK_HAPROXY_CONFIG: {err}") from None
     # HAProxyOptions' fields are the HEALTHCHECK_HAPROXY_* settings without their prefix.
     agent = None
     if settings.agent_listen_address is not None:
@@ -155,6 +160,27 @@ def haproxy_updater(settings: Settings) -> HAProxyUpdater | None:
         raise ConfigError(f"HEALTHCHECK_HAPROXY_TEMPLATE: {where}: {err.message}") from None
 
 
+def check_replaceable_file(variable: str, path: Path) -> None:
+    """Raise ConfigError unless `path` can be replaced atomically (its directory writable)."""
+    if not path.parent.is_dir():
+        raise ConfigError(f"{variable}: directory {path.parent} does not exist")
+    if path.is_dir():
+        raise ConfigError(f"{variable}: {path} is a directory, not a file")
+    try:
+        files.check_directory_writable(path)
+    except ValueError as err:
+        raise ConfigError(f"{variable}: {err}") from None
+
+
+def state_saver(settings: Settings, monitor: HealthMonitor) -> StateSaver | None:
+    """With HEALTHCHECK_STATE_FILE: the saved states handed to the monitor, and the saver."""
+    if settings.state_file is None:
+        return None
+    check_replaceable_file("HEALTHCHECK_STATE_FILE", settings.state_file)
+    monitor.restore_state(statefile.load(settings.state_file, logger))
+    return StateSaver(settings.state_file, monitor.tracker, logger)
+
+
 def event_loop_name() -> str:
     loop = asyncio.get_running_loop()
     return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
@@ -174,14 +200,22 @@ async def serve(
     agent_mode = settings.agent_listen_address is not None
     # In agent mode, health reaches HAProxy through the agent: the file follows membership only.
     on_health = updater or (None if agent_mode else haproxy) or LoggingUpdater()
-    monitor = HealthMonitor(settings.monitor_config(), source.provider, on_health, logger)
+    monitor = HealthMonitor(
+        settings.monitor_config(),
+        source.provider,
+        on_health,
+        logger,
+        panic_threshold=settings.panic,
+        initial_state=settings.initial_target_state,
+    )
+    saver = state_saver(settings, monitor)
     membership: MembershipFile | None = None
     if haproxy is not None:
         if agent_mode:
             membership = MembershipFile(source.unsharded, haproxy, logger)
             haproxy.track(membership.states)
         else:
-            haproxy.track(lambda: [(e.target, e.state) for e in monitor.tracker.entries()])
+            haproxy.track(monitor.routable_states)  # the safety floor applies to HAProxy too
         await haproxy.start()
     agent = (
         AgentServer(AnswerFromState(monitor.tracker), logger, settings.agent_timeout)
@@ -191,15 +225,19 @@ async def serve(
     labels = build_labels(event_loop_name(), settings.shard or "")
     stats = haproxy.stats if haproxy is not None else None
     agent_stats = agent.stats if agent is not None else None
+    saved = saver.stats if saver is not None else None
     app = make_app(
         monitor,
-        lambda: take_snapshot(monitor, labels, source.reload_stats, stats, agent_stats),
+        lambda: take_snapshot(
+            monitor, labels, source.reload_stats, stats, agent_stats, state_file=saved
+        ),
     )
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.5)
     await runner.setup()
     stop = asyncio.Event()
     watch: asyncio.Task[None] | None = None
     follow: asyncio.Task[None] | None = None
+    saving: asyncio.Task[None] | None = None
     try:
         site = web.TCPSite(runner, settings.listen_host, settings.listen_port)
         await site.start()
@@ -223,6 +261,8 @@ async def serve(
                 "(healthcheck_checks_skipped_total)"
             )
         monitor.start()
+        if saver is not None:
+            saving = loop.create_task(saver.run())
         total = len(source.provider.get_health_check_targets())
         logger.info(
             "listening",
@@ -247,6 +287,10 @@ async def serve(
         if agent is not None:
             await agent.stop()
         await monitor.stop()
+        if saving is not None and saver is not None:
+            saving.cancel()
+            await asyncio.gather(saving, return_exceptions=True)
+            await saver.save()  # the last state, for the next start
         if haproxy is not None:
             await haproxy.stop()
         await runner.cleanup()

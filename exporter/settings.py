@@ -29,7 +29,8 @@ from pydantic_settings import (
 )
 from pydantic_settings.sources.utils import parse_env_vars
 
-from exporter.model import Config
+from exporter.model import Config, TargetState
+from exporter.panic import PanicThreshold
 from exporter.shard import Shard
 
 ENV_PREFIX = "HEALTHCHECK_"
@@ -437,6 +438,36 @@ class Settings(BaseSettings):
         " shard k; the HAProxy file then lists every target, each pointing at its shard's agent.",
     )
 
+    # --- safety (issue 13): the panic threshold, health that survives restarts -----------------
+    panic_threshold: str = Field(
+        default="0",
+        description="Safety floor: when the healthy targets of an app fall below this percentage"
+        " (50%) or count (2), every target of the app is passed on as routable; 0 turns it off.",
+    )
+    initial_state: Literal["healthy", "unhealthy"] = Field(
+        default="healthy",
+        description="State of a target with no saved state: healthy (routable until fall"
+        " failures) or unhealthy (routable after rise successes, the first round counting).",
+    )
+    state_file: Path | None = Field(
+        default=None,
+        description="File where each target's health is saved (at most once a second) and"
+        " restored from at startup; unset: nothing survives a restart.",
+    )
+
+    @field_validator("panic_threshold")
+    @classmethod
+    def _check_panic_threshold(cls, value: str) -> str:
+        return str(PanicThreshold.parse(value))
+
+    @property
+    def panic(self) -> PanicThreshold:
+        return PanicThreshold.parse(self.panic_threshold)
+
+    @property
+    def initial_target_state(self) -> TargetState:
+        return TargetState.UNHEALTHY if self.initial_state == "unhealthy" else TargetState.HEALTHY
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -452,7 +483,7 @@ class Settings(BaseSettings):
             env_settings = _MappingEnvSettingsSource(settings_cls, environ)
         return init_settings, env_settings
 
-    @field_validator("log_level", "log_format", mode="before")
+    @field_validator("log_level", "log_format", "initial_state", mode="before")
     @classmethod
     def _lowercase(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value

@@ -56,7 +56,51 @@ def install(temp: Path, path: Path) -> None:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    install(write_temp(path, data), path)
+    temp = write_temp(path, data)
+    try:
+        install(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def read_existing(path: Path) -> bytes | None:
+    """The current content of a file we are to replace; None if there is none.
+
+    Raises ValueError, saying why, for a path we must not take over: not a regular file (a FIFO
+    would hang the read), unreadable, or not UTF-8 text (probably not the file meant).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read it: {err.strerror or err}") from None
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"{path} is not a regular file")
+        try:
+            data = file.read()
+        except OSError as err:
+            raise ValueError(f"{path}: cannot read it: {err.strerror or err}") from None
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text: is it the right file?") from None
+    return data
+
+
+def check_directory_writable(path: Path) -> None:
+    """Raise ValueError unless a temporary file can be created beside `path` (as every atomic
+    replace does), e.g. in a read-only directory or file system."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
+    except OSError as err:
+        raise ValueError(
+            f"cannot create files in {path.parent} ({err.strerror or err}); the file is replaced "
+            "through a temporary file beside it, so its directory must be writable"
+        ) from None
+    os.close(fd)
+    os.unlink(name)
 
 
 def remove_stale_temps(path: Path) -> list[Path]:

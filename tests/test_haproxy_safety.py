@@ -1,0 +1,72 @@
+"""Issue 13 with a real HAProxy: the safety floor, and health that survives a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.haproxy_proc import (
+    FAST,
+    REQUIRES_HAPROXY,
+    backends,
+    haproxy,
+    in_rotation,
+    reload_env,
+)
+from tests.process import ExporterProcess, exporter, value
+
+pytestmark = REQUIRES_HAPROXY
+
+
+def up(metrics: str, server: str) -> float | None:
+    return value(metrics, "healthcheck_target_up", target=server)
+
+
+async def wait_metric(proc: ExporterProcess, what: str, check: object) -> str:
+    assert callable(check)
+    return await proc.wait_for_metrics(check, what=what)
+
+
+@pytest.mark.parametrize("mode", ["signal", "master-socket", "command", "runtime-api"])
+async def test_panic_keeps_every_server_in_haproxy_until_one_comes_back(tmp_path: Path, mode: str):
+    async with backends() as (b0, b1, b2), haproxy(tmp_path) as hx:
+        env = {
+            **FAST,
+            **reload_env(mode, hx),
+            "HEALTHCHECK_TARGETS": ", ".join(b.target for b in (b0, b1, b2)),
+            "HEALTHCHECK_PANIC_THRESHOLD": "50%",
+        }
+        every = (b0.server, b1.server, b2.server)
+        async with exporter(env) as proc:
+            await hx.wait_for_servers(lambda s: all(in_rotation(s, name) for name in every))
+            await b1.kill()
+            await b2.kill()
+            await wait_metric(
+                proc,
+                "b1 and b2 down, web in panic",
+                lambda m: (
+                    up(m, b1.server) == up(m, b2.server) == 0
+                    and value(m, "healthcheck_app_panic", app="web") == 1
+                ),
+            )
+            await proc.wait_for_log("app in panic")
+            # Every server stays (or is back) in rotation, and stays there round after round.
+            await hx.wait_for_servers(lambda s: all(in_rotation(s, name) for name in every))
+            deadline = time.monotonic() + 1.0  # ten check intervals
+            while time.monotonic() < deadline:
+                servers = await hx.servers()
+                assert all(in_rotation(servers, name) for name in every), servers
+                await asyncio.sleep(0.05)
+            assert all(f"server {name} " in hx.backends_cfg.read_text() for name in every)
+            await b1.start()
+            await wait_metric(
+                proc,
+                "web out of panic",
+                lambda m: value(m, "healthcheck_app_panic", app="web") == 0,
+            )
+            await proc.wait_for_log("app left panic")
+            servers = await hx.wait_for_servers(lambda s: not in_rotation(s, b2.server))
+            assert in_rotation(servers, b0.server) and in_rotation(servers, b1.server)
