@@ -18,8 +18,6 @@ import asyncio
 import json
 import logging
 import math
-import os
-import stat
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -117,17 +115,11 @@ def _saved_target(target_id: str, item: Any) -> SavedTarget:
 def read(path: Path) -> bytes:
     """The file's bytes; raises StateFileError if it is not a readable regular file, or huge."""
     try:
-        # O_NONBLOCK: a FIFO at the path must not hang startup (it is refused just below).
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError as err:
-        raise StateFileError(f"cannot open: {err.strerror or err}") from None
-    with os.fdopen(fd, "rb") as file:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise StateFileError("not a regular file")
-        try:
-            data = file.read(MAX_SIZE + 1)
-        except OSError as err:
-            raise StateFileError(f"cannot read: {err.strerror or err}") from None
+        data = files.read_regular(path, MAX_SIZE)
+    except FileNotFoundError:
+        raise StateFileError("no such file") from None
+    except ValueError as err:
+        raise StateFileError(str(err)) from None
     if len(data) > MAX_SIZE:
         raise StateFileError(f"larger than {MAX_SIZE // 1024 // 1024} MiB")
     return data

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -70,3 +73,73 @@ async def test_panic_keeps_every_server_in_haproxy_until_one_comes_back(tmp_path
             await proc.wait_for_log("app left panic")
             servers = await hx.wait_for_servers(lambda s: not in_rotation(s, b2.server))
             assert in_rotation(servers, b0.server) and in_rotation(servers, b1.server)
+
+
+@contextlib.asynccontextmanager
+async def watch_file(path: Path, forbidden: str) -> AsyncIterator[list[str]]:
+    """Read `path` every few milliseconds meanwhile; yields the contents seen with `forbidden`."""
+    seen: list[str] = []
+    stop = asyncio.Event()
+
+    async def poll() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(FileNotFoundError):
+                text = path.read_text()
+                if forbidden in text:
+                    seen.append(text)
+            await asyncio.sleep(0.005)
+
+    task = asyncio.create_task(poll())
+    try:
+        yield seen
+    finally:
+        stop.set()
+        await task
+
+
+async def first_scrape(proc: ExporterProcess) -> str:
+    """/metrics as soon as the exporter listens (before its first round of checks ends)."""
+    return await proc.metrics()
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGKILL], ids=["term", "kill"])
+async def test_a_restarted_exporter_never_puts_a_known_dead_backend_back(
+    tmp_path: Path, stop_signal: signal.Signals
+):
+    state = tmp_path / "state.json"
+    async with backends() as (b0, b1, b2), haproxy(tmp_path) as hx:
+        env = {
+            **FAST,
+            **reload_env("master-socket", hx),
+            "HEALTHCHECK_TARGETS": ", ".join(b.target for b in (b0, b1, b2)),
+            "HEALTHCHECK_STATE_FILE": str(state),
+            # Slow checks after the restart: without the saved state, b2 would be healthy
+            # (the initial state) for fall x interval.
+            "HEALTHCHECK_INTERVAL": "1s",
+            "HEALTHCHECK_FALL": "3",
+        }
+        async with exporter({**env, "HEALTHCHECK_INTERVAL": "100ms"}) as proc:
+            await hx.wait_for_servers(lambda s: len(s) == 3)
+            await b2.kill()
+            await hx.wait_for_servers(lambda s: b2.server not in s)
+            # Saved within a second of the change (a SIGKILL gives no chance to save later).
+            deadline = time.monotonic() + 5
+            while '"state":"unhealthy"' not in (state.read_text() if state.exists() else ""):
+                assert time.monotonic() < deadline, "state never saved"
+                await asyncio.sleep(0.05)
+            proc.proc.send_signal(stop_signal)
+            await proc.proc.wait()
+        assert b2.server not in hx.backends_cfg.read_text()
+        async with (
+            watch_file(hx.backends_cfg, b2.server) as seen,
+            exporter(env, ready=False) as proc,
+        ):
+            metrics = await first_scrape(proc)
+            assert up(metrics, b2.server) == 0
+            assert up(metrics, b0.server) == up(metrics, b1.server) == 1
+            await proc.wait_for_log("restored target states")
+            await proc.wait_for_metrics(lambda m: value(m, "healthcheck_ready") == 1)
+            await asyncio.sleep(1.5)  # a round or two more
+            servers = await hx.servers()
+        assert seen == []
+        assert set(servers) == {b0.server, b1.server}

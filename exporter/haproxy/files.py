@@ -63,25 +63,40 @@ def atomic_write(path: Path, data: bytes) -> None:
         temp.unlink(missing_ok=True)
 
 
-def read_existing(path: Path) -> bytes | None:
-    """The current content of a file we are to replace; None if there is none.
+def read_regular(path: Path, limit: int | None = None) -> bytes:
+    """The bytes of the regular file at `path` (at most `limit` + 1 of them).
 
-    Raises ValueError, saying why, for a path we must not take over: not a regular file (a FIFO
-    would hang the read), unreadable, or not UTF-8 text (probably not the file meant).
+    Raises FileNotFoundError if there is none, ValueError saying why for anything else that
+    cannot be read: not a regular file (opened without blocking, so a FIFO cannot hang us),
+    permissions, I/O errors.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
-        return None
+        raise
     except OSError as err:
         raise ValueError(f"{path}: cannot read it: {err.strerror or err}") from None
-    with os.fdopen(fd, "rb") as file:
+    try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise ValueError(f"{path} is not a regular file")
-        try:
-            data = file.read()
-        except OSError as err:
-            raise ValueError(f"{path}: cannot read it: {err.strerror or err}") from None
+        with os.fdopen(os.dup(fd), "rb") as file:
+            return file.read() if limit is None else file.read(limit + 1)
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read it: {err.strerror or err}") from None
+    finally:
+        os.close(fd)
+
+
+def read_existing(path: Path) -> bytes | None:
+    """The current content of a file we are to replace; None if there is none.
+
+    Raises ValueError, saying why, for a path we must not take over: not a regular file,
+    unreadable, or not UTF-8 text (probably not the file meant).
+    """
+    try:
+        data = read_regular(path)
+    except FileNotFoundError:
+        return None
     try:
         data.decode()
     except UnicodeDecodeError:
