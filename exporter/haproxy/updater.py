@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,6 +151,7 @@ class HAProxyUpdater:
             self.runtime = RuntimeSync(api, options.server_options)
         self._runtime_lock = asyncio.Lock()  # runtime commands and post-reload bookkeeping
         self._written: Desired = {}  # servers in the file as last written
+        self._checking: Future[str] | None = None  # the check command running now
 
     @property
     def include_unhealthy(self) -> bool:
@@ -190,6 +191,9 @@ class HAProxyUpdater:
         self._task = self._loop.create_task(self._reload_loop())
 
     async def stop(self) -> None:
+        checking = self._checking
+        if checking is not None:
+            checking.cancel()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -294,7 +298,13 @@ class HAProxyUpdater:
         future: Future[str] = asyncio.run_coroutine_threadsafe(
             run_command(argv, self.options.reload_timeout), self._loop
         )
-        future.result()
+        self._checking = future  # cancelled by stop(): the command's process group is killed
+        try:
+            future.result()
+        except CancelledError:
+            raise ReloadError("the check command was stopped (the exporter is stopping)") from None
+        finally:
+            self._checking = None
 
     def _write_failed(self, message: str, err: Exception) -> None:
         self.stats.writes["failure"] += 1
