@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.process import exporter, value
+from tests.process import exporter, run_cli, value
 from tests.servers import target_server
 
 
@@ -168,3 +169,51 @@ async def test_sigterm_while_the_check_command_runs_kills_its_whole_process_grou
         for pid in filter(alive, pids):
             os.kill(pid, signal.SIGKILL)
     assert not (tmp_path / "backends.cfg").exists()  # never checked: never installed
+
+
+def unusable_path(kind: str, tmp_path: Path) -> Path:
+    path = tmp_path / "backends.cfg"
+    if kind == "not UTF-8":
+        path.write_bytes(b"backend web\n\xff\xfe\x00 binary\n")
+    elif kind == "FIFO":
+        os.mkfifo(path)
+    elif kind == "socket":
+        path = tmp_path / "s.sock"
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "words"),
+    [("not UTF-8", "not UTF-8 text"), ("FIFO", "not a regular file"), ("socket", "not a regular")],
+)
+async def test_an_existing_haproxy_file_we_cannot_take_over_exits_2_naming_the_variable(
+    tmp_path: Path, kind: str, words: str
+):
+    path = unusable_path(kind, tmp_path)
+    before = path.read_bytes() if kind == "not UTF-8" else None
+    env = {"HEALTHCHECK_TARGETS": "web=127.0.0.1:8080", "HEALTHCHECK_HAPROXY_CONFIG": str(path)}
+    for command in ("validate", "run"):  # a FIFO used to hang `run`: bounded by run_cli
+        code, _, err = await run_cli(command, env=env)
+        assert code == 2, err
+        [line] = err.strip().splitlines()
+        assert "HEALTHCHECK_HAPROXY_CONFIG" in line and words in line, line
+    if before is not None:
+        assert path.read_bytes() == before
+
+
+@pytest.mark.skipif(not can_mount(), reason="mounting a tmpfs needs root")
+@pytest.mark.parametrize("variable", ["HEALTHCHECK_HAPROXY_CONFIG", "HEALTHCHECK_STATE_FILE"])
+async def test_a_file_in_a_read_only_directory_exits_2_at_startup_naming_the_variable(
+    tmp_path: Path, variable: str
+):
+    with small_tmpfs(tmp_path / "ro") as directory:
+        remount(directory, "ro")
+        env = {"HEALTHCHECK_TARGETS": "web=127.0.0.1:8080", variable: str(directory / "f")}
+        for command in ("validate", "run"):
+            code, _, err = await run_cli(command, env=env)
+            assert code == 2, err
+            [line] = err.strip().splitlines()
+            assert variable in line and "Read-only file system" in line, line
+            assert ".tmp" not in line  # no internal temporary name

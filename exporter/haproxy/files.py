@@ -71,13 +71,15 @@ def read_regular(path: Path, limit: int | None = None) -> bytes:
     permissions, I/O errors.
     """
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # sockets cannot even be opened
+            raise ValueError(f"{path} is not a regular file")
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise
     except OSError as err:
         raise ValueError(f"{path}: cannot read it: {err.strerror or err}") from None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced since the stat
             raise ValueError(f"{path} is not a regular file")
         with os.fdopen(os.dup(fd), "rb") as file:
             return file.read() if limit is None else file.read(limit + 1)
