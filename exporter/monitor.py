@@ -376,7 +376,9 @@ class HealthMonitor:
         while True:
             self._sync_from_provider(loop.time())
             self._ready.set()
-            await self._sleep_until(loop.time() + self.config.interval)
+            # No checks to time: re-reading the targets once a second at most is plenty (and a
+            # tiny interval must not spin a core).
+            await self._sleep_until(loop.time() + max(self.config.interval, MIN_SYNC_PERIOD))
 
     async def _schedule_loop(self) -> None:
         loop = asyncio.get_running_loop()

@@ -22,7 +22,7 @@ from exporter.haproxy.updater import HAProxyOptions, HAProxyUpdater
 from exporter.metrics import ReloadStats, build_labels, take_snapshot
 from exporter.model import ConfigUpdater, Target, TargetProvider
 from exporter.monitor import HealthMonitor
-from exporter.settings import ConfigError, Settings
+from exporter.settings import ConfigError, Settings, quoted
 from exporter.shard import Shard, ShardedProvider
 from exporter.sources.docker import DockerSource
 from exporter.sources.docker_api import EngineAddress, EngineError
@@ -135,7 +135,7 @@ def haproxy_updater(settings: Settings) -> HAProxyUpdater | None:
     path = settings.haproxy_config
     check_replaceable_file("HEALTHCHECK_HAPROXY_CONFIG", path)
     try:
-        files.read_existing(path)  # a FIFO, an unreadable or a binary file: refuse, not crash
+        files.read_existing(path)  # an unreadable or a binary file: refuse, not crash
     except ValueError as err:
         raise ConfigError(f"HEALTHCHECK_HAPROXY_CONFIG: {err}") from None
     # HAProxyOptions' fields are the HEALTHCHECK_HAPROXY_* settings without their prefix.
@@ -161,15 +161,20 @@ def haproxy_updater(settings: Settings) -> HAProxyUpdater | None:
 
 
 def check_replaceable_file(variable: str, path: Path) -> None:
-    """Raise ConfigError unless `path` can be replaced atomically (its directory writable)."""
-    if not path.parent.is_dir():
-        raise ConfigError(f"{variable}: directory {path.parent} does not exist")
-    if path.is_dir():
-        raise ConfigError(f"{variable}: {path} is a directory, not a file")
+    """Raise ConfigError unless `path` can be replaced atomically: a regular file or nothing yet,
+    in a directory where we may create files."""
     try:
+        if not path.parent.is_dir():
+            raise ConfigError(f"{variable}: directory {path.parent} does not exist")
+        if path.is_dir():
+            raise ConfigError(f"{variable}: {path} is a directory, not a file")
+        if path.exists() and not path.is_file():  # replacing a device or a FIFO: a disaster
+            raise ConfigError(f"{variable}: {path} is not a regular file")
         files.check_directory_writable(path)
     except ValueError as err:
         raise ConfigError(f"{variable}: {err}") from None
+    except OSError as err:  # e.g. a name too long
+        raise ConfigError(f"{variable}: {quoted(str(path))}: {err.strerror or err}") from None
 
 
 def state_saver(settings: Settings, monitor: HealthMonitor) -> StateSaver | None:

@@ -165,6 +165,14 @@ def _duration_from_text(value: object) -> object:
 _PARSE_DURATION = BeforeValidator(_duration_from_text)
 Duration = Annotated[float, _PARSE_DURATION, Field(gt=0, allow_inf_nan=False)]
 
+# Bounds of numeric settings (issue 13, defects 13 and 21): a value outside them is refused with
+# a clear error rather than altered or left to fail later (a 400-digit fall broke /metrics).
+MIN_INTERVAL = 0.01  # the scheduler batches due checks 10 ms apart: no shorter interval is kept
+MIN_TIMEOUT = 0.001
+MAX_DURATION = 24 * 3600.0
+MAX_COMMAND_TIME = 3600.0
+MAX_THRESHOLD = 10_000
+
 
 # --- addresses (shared with exporter.targets) ----------------------------------------------------
 
@@ -289,13 +297,26 @@ class Settings(BaseSettings):
     )
 
     enabled: bool = Field(default=True, description="Run health checks at all (true/false).")
-    interval: Duration = Field(default=15.0, description="Time between two checks of one target.")
-    timeout: Duration = Field(default=5.0, description="Timeout of one check.")
+    interval: Duration = Field(
+        default=15.0,
+        ge=MIN_INTERVAL,
+        le=MAX_DURATION,
+        description="Time between two checks of one target.",
+    )
+    timeout: Duration = Field(
+        default=5.0, ge=MIN_TIMEOUT, le=MAX_DURATION, description="Timeout of one check."
+    )
     fall: int = Field(
-        default=3, ge=1, description="Consecutive failures that mark a target unhealthy."
+        default=3,
+        ge=1,
+        le=MAX_THRESHOLD,
+        description="Consecutive failures that mark a target unhealthy.",
     )
     rise: int = Field(
-        default=2, ge=1, description="Consecutive successes that mark a target healthy."
+        default=2,
+        ge=1,
+        le=MAX_THRESHOLD,
+        description="Consecutive successes that mark a target healthy.",
     )
     max_concurrent: int = Field(
         default=100, ge=1, le=100_000, description="Checks in flight at once, over all targets."
@@ -396,10 +417,13 @@ class Settings(BaseSettings):
         " fallback), e.g. 'docker kill -s USR2 haproxy'.",
     )
     haproxy_reload_timeout: Duration = Field(
-        default=10.0, description="Time a reload (or check command) may take."
+        default=10.0,
+        le=MAX_COMMAND_TIME,
+        description="Time a reload (or check command) may take.",
     )
     haproxy_min_reload_interval: Duration = Field(
         default=1.0,
+        le=MAX_COMMAND_TIME,
         description="At most one reload per this interval; changes in between are coalesced.",
     )
     haproxy_runtime_socket: Path | None = Field(
@@ -788,15 +812,19 @@ def describe_validation_error(exc: ValidationError) -> str:
 def _describe_error(error: ErrorDetails) -> str:
     """One pydantic error as `HEALTHCHECK_X: what is wrong (got 'value')`."""
     context = error.get("ctx", {})
+    location = error["loc"]
+    field = Settings.model_fields.get(str(location[0])) if location else None
+    is_duration = field is not None and _PARSE_DURATION in field.metadata
+    limit = format_duration if is_duration else str
     match error["type"]:
         case "value_error":  # our validators' messages already quote the value
             reason = str(context["error"])
         case "greater_than_equal":
-            reason = f"must be at least {context['ge']}"
+            reason = f"must be at least {limit(context['ge'])}"
         case "less_than_equal":
-            reason = f"must be at most {context['le']}"
+            reason = f"must be at most {limit(context['le'])}"
         case "greater_than":
-            reason = f"must be greater than {context['gt']}"
+            reason = f"must be greater than {limit(context['gt'])}"
         case "int_parsing" | "int_from_float":
             reason = "must be a whole number"
         case "float_parsing" | "finite_number":
@@ -808,6 +836,8 @@ def _describe_error(error: ErrorDetails) -> str:
         case _:
             reason = error["msg"]
     if error["type"] != "value_error":
-        reason += f" (got {quoted(error['input'])})"
-    location = error["loc"]
+        got = error["input"]
+        if is_duration and isinstance(got, float) and math.isfinite(got) and got >= 0:
+            got = format_duration(got)  # the parsed value, as the user would write it
+        reason += f" (got {quoted(got)})"
     return f"{_variable_name(str(location[0]))}: {reason}" if location else reason
