@@ -8,6 +8,7 @@ Either way, targets that are gone are simply not in the state, so their series d
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import platform
 from collections.abc import Iterator
@@ -70,6 +71,7 @@ class Snapshot:
     tls_handshakes: dict[bool, int] | None = None
     panic: dict[str, bool] | None = None  # app -> in panic
     state_file: StateFileStats | None = None
+    asyncio_tasks: int = 0
 
 
 def take_snapshot(
@@ -109,6 +111,7 @@ def take_snapshot(
         ),
         panic={app: health.panic for app, health in monitor.panic_view.apps.items()},
         state_file=copy.deepcopy(state_file),
+        asyncio_tasks=len(asyncio.all_tasks()),
     )
 
 
@@ -300,6 +303,11 @@ def _haproxy_families(stats: HAProxyStats) -> Iterator[Metric]:
 
 
 def _safety_families(snap: Snapshot) -> Iterator[Metric]:
+    yield GaugeMetricFamily(
+        "healthcheck_exporter_asyncio_tasks",
+        "asyncio tasks alive in the exporter (flat in a steady state; growth is a leak).",
+        value=snap.asyncio_tasks,
+    )
     panic = GaugeMetricFamily(
         "healthcheck_app_panic",
         "1 while the app is in panic (its healthy targets below HEALTHCHECK_PANIC_THRESHOLD): "
