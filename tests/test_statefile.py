@@ -20,6 +20,7 @@ from exporter.model import Config, Result, Target, TargetState
 from exporter.monitor import HealthMonitor
 from exporter.state import StateTracker
 from exporter.statefile import SavedTarget, StateFileError, StateSaver, decode, encode
+from tests.process import exporter
 from tests.servers import target_server
 
 UP, DOWN = TargetState.HEALTHY, TargetState.UNHEALTHY
@@ -129,13 +130,13 @@ async def test_saver_saves_after_a_change_and_drops_targets_no_longer_configured
     saver = StateSaver(path, tracker, LOG)
     task = asyncio.create_task(saver.run())
     try:
-        await wait_until(lambda: path.exists())
+        await wait_until(lambda: saver.stats.writes["success"] == 1)
         assert set(decode(path.read_bytes())) == {"web-0", "web-1"}
         tracker.apply_targets(WEB[1:])
-        await wait_until(lambda: set(decode(path.read_bytes())) == {"web-1"})
-        writes = saver.stats.writes["success"]
+        await wait_until(lambda: saver.stats.writes["success"] == 2)
+        assert set(decode(path.read_bytes())) == {"web-1"}
         await asyncio.sleep(1.5)  # no change: no write
-        assert saver.stats.writes["success"] == writes
+        assert saver.stats.writes["success"] == 2
     finally:
         task.cancel()
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
@@ -208,3 +209,21 @@ async def test_initial_unhealthy_targets_wait_for_rise_successes():
         assert updater.calls[0] == []
         assert srv.hits["a"] >= 3
         await monitor.stop()
+
+
+@pytest.mark.parametrize("content", [b'{"format": "healthcheck-exporter/state", "v', b"\x00" * 9])
+async def test_the_exporter_starts_with_a_corrupt_state_file_and_replaces_it(
+    tmp_path: Path, content: bytes
+):
+    path = tmp_path / "state.json"
+    path.write_bytes(content)
+    async with target_server() as srv:
+        env = {
+            "HEALTHCHECK_TARGETS": f"web=127.0.0.1:{srv.port}/health",
+            "HEALTHCHECK_STATE_FILE": str(path),
+        }
+        async with exporter(env) as proc:
+            line = await proc.wait_for_log("ignoring the state file")
+            assert "level=warning" in line and str(path) in line
+            await wait_until(lambda: path.read_bytes() != content)
+    assert set(decode(path.read_bytes())) == {f"web-127.0.0.1-{srv.port}"}
