@@ -690,9 +690,9 @@ class HealthMonitor:
                 await asyncio.to_thread(self.config_updater.on_health_change, routable)
             except Exception as err:
                 self.updater_calls["failure"] += 1
-                if isinstance(err, UpdateFailed):  # already logged by the updater
-                    self.logger.warning("config update failed; will retry",
-                                        extra={"retry_in": backoff})  # fmt: skip
+                if isinstance(err, UpdateFailed):  # the updater logged why, once is enough
+                    self.logger.debug("config update failed; will retry",
+                                      extra={"retry_in": backoff})  # fmt: skip
                 else:
                     self.logger.exception("config updater failed; will retry",
                                           extra={"retry_in": backoff})  # fmt: skip
