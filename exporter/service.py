@@ -151,6 +151,14 @@ def haproxy_updater(settings: Settings) -> HAProxyUpdater | None:
             if f.name not in ("config", "agent")
         },
     )
+    template = settings.haproxy_template
+    try:
+        if template is not None and template.exists() and not template.is_file():
+            raise ConfigError(f"HEALTHCHECK_HAPROXY_TEMPLATE: {template} is not a regular file")
+    except OSError as err:  # e.g. a name too long
+        raise ConfigError(
+            f"HEALTHCHECK_HAPROXY_TEMPLATE: {quoted(str(template))}: {err.strerror or err}"
+        ) from None
     try:
         return HAProxyUpdater(options, logger)
     except jinja2.TemplateError as err:
@@ -158,6 +166,14 @@ def haproxy_updater(settings: Settings) -> HAProxyUpdater | None:
         if isinstance(err, jinja2.TemplateSyntaxError):
             where += f" line {err.lineno}"
         raise ConfigError(f"HEALTHCHECK_HAPROXY_TEMPLATE: {where}: {err.message}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"HEALTHCHECK_HAPROXY_TEMPLATE: {settings.haproxy_template} is not UTF-8 text"
+        ) from None
+    except OSError as err:  # a directory, a FIFO...
+        raise ConfigError(
+            f"HEALTHCHECK_HAPROXY_TEMPLATE: {settings.haproxy_template}: {err.strerror or err}"
+        ) from None
 
 
 def check_replaceable_file(variable: str, path: Path) -> None:

@@ -13,6 +13,7 @@ import ipaddress
 import math
 import os
 import re
+import typing
 from collections.abc import Mapping
 from contextvars import ContextVar
 from decimal import Decimal
@@ -172,6 +173,18 @@ MIN_TIMEOUT = 0.001
 MAX_DURATION = 24 * 3600.0
 MAX_COMMAND_TIME = 3600.0
 MAX_THRESHOLD = 10_000
+IntervalDuration = Annotated[Duration, Field(ge=MIN_INTERVAL, le=MAX_DURATION)]
+
+
+def is_duration_field(name: str) -> bool:
+    """Whether the Settings field `name` holds a duration (also when it may be unset)."""
+    field = Settings.model_fields.get(name)
+    if field is None:
+        return False
+    annotations = (field.annotation, *typing.get_args(field.annotation))
+    return _PARSE_DURATION in field.metadata or any(
+        _PARSE_DURATION in getattr(annotation, "__metadata__", ()) for annotation in annotations
+    )
 
 
 # --- addresses (shared with exporter.targets) ----------------------------------------------------
@@ -350,12 +363,12 @@ class Settings(BaseSettings):
     )
 
     # Per-target check options and HAProxy-style timing (issue 12, options).
-    fastinter: Duration | None = Field(
+    fastinter: IntervalDuration | None = Field(
         default=None,
         description="Interval of a target in transition (a failure seen, fall not reached; or"
         " down with a success seen, rise not reached); unset: the interval.",
     )
-    downinter: Duration | None = Field(
+    downinter: IntervalDuration | None = Field(
         default=None, description="Interval of an unhealthy target; unset: the interval."
     )
     check_defaults: str | None = Field(
@@ -813,8 +826,7 @@ def _describe_error(error: ErrorDetails) -> str:
     """One pydantic error as `HEALTHCHECK_X: what is wrong (got 'value')`."""
     context = error.get("ctx", {})
     location = error["loc"]
-    field = Settings.model_fields.get(str(location[0])) if location else None
-    is_duration = field is not None and _PARSE_DURATION in field.metadata
+    is_duration = bool(location) and is_duration_field(str(location[0]))
     limit = format_duration if is_duration else str
     match error["type"]:
         case "value_error":  # our validators' messages already quote the value
@@ -837,7 +849,7 @@ def _describe_error(error: ErrorDetails) -> str:
             reason = error["msg"]
     if error["type"] != "value_error":
         got = error["input"]
-        if is_duration and isinstance(got, float) and math.isfinite(got) and got >= 0:
+        if is_duration and isinstance(got, float) and 0 <= got < MAX_DURATION * 1000:
             got = format_duration(got)  # the parsed value, as the user would write it
         reason += f" (got {quoted(got)})"
     return f"{_variable_name(str(location[0]))}: {reason}" if location else reason

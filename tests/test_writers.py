@@ -203,6 +203,20 @@ async def test_an_existing_haproxy_file_we_cannot_take_over_exits_2_naming_the_v
         assert path.read_bytes() == before
 
 
+@pytest.mark.parametrize("kind", ["FIFO", "not UTF-8"])
+async def test_a_template_we_cannot_read_exits_2_naming_the_variable(tmp_path: Path, kind: str):
+    template = unusable_path(kind, tmp_path)
+    env = {
+        "HEALTHCHECK_TARGETS": "web=127.0.0.1:8080",
+        "HEALTHCHECK_HAPROXY_CONFIG": str(tmp_path / "out.cfg"),
+        "HEALTHCHECK_HAPROXY_TEMPLATE": str(template),
+    }
+    code, _, err = await run_cli("validate", env=env)  # a FIFO used to hang it
+    assert code == 2, err
+    [line] = err.strip().splitlines()
+    assert "HEALTHCHECK_HAPROXY_TEMPLATE" in line and str(template) in line, line
+
+
 @pytest.mark.skipif(not can_mount(), reason="mounting a tmpfs needs root")
 @pytest.mark.parametrize("variable", ["HEALTHCHECK_HAPROXY_CONFIG", "HEALTHCHECK_STATE_FILE"])
 async def test_a_file_in_a_read_only_directory_exits_2_at_startup_naming_the_variable(
