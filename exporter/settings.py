@@ -817,16 +817,17 @@ def _check_variable_names(environ: Mapping[str, str]) -> None:
         seen[upper] = key
 
 
-def describe_validation_error(exc: ValidationError) -> str:
-    """A pydantic error about one value (no variable name) in the words of a setting's error."""
-    return "; ".join(_describe_error(error) for error in exc.errors())
+def describe_validation_error(exc: ValidationError, duration: bool = False) -> str:
+    """A pydantic error about one value (no variable name) in the words of a setting's error;
+    `duration`: the value is a duration (its limits are written as durations)."""
+    return "; ".join(_describe_error(error, duration) for error in exc.errors())
 
 
-def _describe_error(error: ErrorDetails) -> str:
+def _describe_error(error: ErrorDetails, duration: bool = False) -> str:
     """One pydantic error as `HEALTHCHECK_X: what is wrong (got 'value')`."""
     context = error.get("ctx", {})
     location = error["loc"]
-    is_duration = bool(location) and is_duration_field(str(location[0]))
+    is_duration = duration or (bool(location) and is_duration_field(str(location[0])))
     limit = format_duration if is_duration else str
     match error["type"]:
         case "value_error":  # our validators' messages already quote the value
