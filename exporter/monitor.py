@@ -213,7 +213,7 @@ class HealthMonitor:
         self._ready.clear()
         self._http = _callback_driven(self.checker)
         self._epoch = loop.time()
-        if self._saved and self.config.enabled:
+        if self._saved:
             # Restore now, so the updater writes the restored state before the first round ends.
             self._sync_from_provider(loop.time())
         self._spawn(self._run())
@@ -289,8 +289,9 @@ class HealthMonitor:
 
     def restore_state(self, saved: dict[str, SavedTarget]) -> None:
         """Saved states to put back as their targets are first seen; call before `start`. A
-        target whose address changed since is a different server: it starts afresh."""
-        self._saved = dict(saved)
+        target whose address changed since is a different server: it starts afresh. With checks
+        disabled every target counts as healthy: nothing is restored."""
+        self._saved = dict(saved) if self.config.enabled else {}
 
     def _restore(self, targets: tuple[Target, ...]) -> None:
         restored = 0

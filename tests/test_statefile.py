@@ -227,3 +227,15 @@ async def test_the_exporter_starts_with_a_corrupt_state_file_and_replaces_it(
             assert "level=warning" in line and str(path) in line
             await wait_until(lambda: path.read_bytes() != content)
     assert set(decode(path.read_bytes())) == {f"web-127.0.0.1-{srv.port}"}
+
+
+async def test_with_checks_disabled_nothing_is_restored():
+    item = Target("dead", "web", "127.0.0.1", "1")
+    updater = Updater()
+    config = Config(enabled=False, interval=60, fall=3, rise=2, timeout=1.0)
+    monitor = HealthMonitor(config, Provider([item]), updater)
+    monitor.restore_state({"dead": SavedTarget(item.address, DOWN, 5, 0, 10.0)})
+    monitor.start()
+    await wait_until(lambda: updater.calls == [["dead"]])  # every target counts as healthy
+    assert monitor.restored == 0
+    await monitor.stop()
