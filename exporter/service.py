@@ -239,7 +239,11 @@ async def serve(
             haproxy.track(monitor.routable_states)  # the safety floor applies to HAProxy too
         await haproxy.start()
     agent = (
-        AgentServer(AnswerFromState(monitor.tracker), logger, settings.agent_timeout)
+        AgentServer(
+            AnswerFromState(monitor.tracker, lambda app: monitor.panic_view.in_panic(app)),
+            logger,
+            settings.agent_timeout,
+        )
         if agent_mode
         else None
     )

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from exporter.haproxy.agent import AnswerFromState
 from exporter.model import Config, Result, Target, TargetState
 from exporter.monitor import HealthMonitor
 from exporter.panic import (
@@ -242,3 +243,19 @@ async def test_initial_unhealthy_first_round_counts_toward_rise_and_starts_no_pa
         assert all("dead" not in call for call in updater.calls)
         assert srv.hits["a"] <= 3  # the first round counted toward rise
         await monitor.stop()
+
+
+def test_the_agent_answers_up_for_every_target_of_an_app_in_panic():
+    web = targets("web", 3)
+    tracker = StateTracker(fall=1, rise=1)
+    tracker.apply_targets(web)
+    for target in web[1:]:
+        tracker.record_result(result(target, False))
+    tracker.record_result(result(web[0], True))
+    view = evaluate(tracker.entries(), HALF, UP)
+    assert view.in_panic("web")
+    calm = AnswerFromState(tracker)
+    assert calm("web-1")[0] == "down"
+    answer = AnswerFromState(tracker, view.in_panic)
+    assert [answer(t.id)[0] for t in web] == ["up", "up", "up"]
+    assert answer("nope")[0] == "unknown"
