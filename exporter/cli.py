@@ -20,6 +20,7 @@ from exporter.logs import configure_logging
 from exporter.model import DEFAULT_CHECK_OPTIONS, Result, Target
 from exporter.service import (
     TargetSource,
+    check_replaceable_file,
     haproxy_updater,
     load_sources,
     run_event_loop,
@@ -134,6 +135,8 @@ def _validate(settings: Settings) -> int:
         found = each.get_health_check_targets()
         names = sorted({t.app_name for t in found})
         print(f"source {each.name}: {len(found)} targets ({', '.join(names) or 'no apps'})")
+    if settings.state_file is not None:
+        check_replaceable_file("HEALTHCHECK_STATE_FILE", settings.state_file)
     apps = sorted({t.app_name for t in targets})
     cfg = settings.monitor_config()
     timing = "".join(

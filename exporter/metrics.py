@@ -8,6 +8,7 @@ Either way, targets that are gone are simply not in the state, so their series d
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import platform
 from collections.abc import Iterable, Iterator, Sequence
@@ -29,6 +30,7 @@ from exporter.haproxy.updater import HAProxyStats
 from exporter.model import Config, TargetState
 from exporter.monitor import HealthMonitor
 from exporter.sources.base import Source, SourceHealth
+from exporter.statefile import StateFileStats
 from exporter.stats import Histogram
 
 
@@ -80,6 +82,9 @@ class Snapshot:
     tls_handshakes: dict[bool, int] | None = None
     sources: tuple[tuple[str, SourceHealth], ...] = ()  # (source name, copy of its health)
     source_metrics: tuple[Metric, ...] = ()  # families a source adds (DNS lookups per name)
+    panic: dict[str, bool] | None = None  # app -> in panic
+    state_file: StateFileStats | None = None
+    asyncio_tasks: int = 0
 
 
 def take_snapshot(
@@ -90,6 +95,7 @@ def take_snapshot(
     agent: AgentStats | None = None,
     *,
     sources: Sequence[Source] = (),
+    state_file: StateFileStats | None = None,
 ) -> Snapshot:
     """Copy what `/metrics` shows out of the monitor. Call it on the event loop thread."""
     return Snapshot(
@@ -125,6 +131,9 @@ def take_snapshot(
             if isinstance(source, CollectingSource)
             for family in source.collect()
         ),
+        panic={app: health.panic for app, health in monitor.panic_view.apps.items()},
+        state_file=copy.deepcopy(state_file),
+        asyncio_tasks=len(asyncio.all_tasks()),
     )
 
 
@@ -160,6 +169,7 @@ class SnapshotCollector(Collector):
         if self.snapshot.sources:
             yield from _source_families(self.snapshot.sources)
         yield from self.snapshot.source_metrics
+        yield from _safety_families(self.snapshot)
 
     def _exporter_families(self) -> Iterator[Metric]:
         snap = self.snapshot
@@ -305,6 +315,12 @@ def _haproxy_families(stats: HAProxyStats) -> Iterator[Metric]:
         value=stats.last_reload_success,
     )
     yield GaugeMetricFamily(
+        "healthcheck_haproxy_config_stale",
+        "1 while the last attempt to update the HAProxy config file failed: the file (the last "
+        "good one) no longer matches target health; retried with backoff until it does.",
+        value=int(stats.stale),
+    )
+    yield GaugeMetricFamily(
         "healthcheck_haproxy_last_config_change_timestamp_seconds",
         "Unix time the HAProxy config file was last changed by the exporter (0: not yet).",
         value=stats.last_config_change,
@@ -343,6 +359,35 @@ def _source_families(sources: tuple[tuple[str, SourceHealth], ...]) -> Iterator[
         last_success.add_metric([name], health.last_success_time)
         failures.add_metric([name], health.failures)
     yield from families
+
+
+def _safety_families(snap: Snapshot) -> Iterator[Metric]:
+    yield GaugeMetricFamily(
+        "healthcheck_exporter_asyncio_tasks",
+        "asyncio tasks alive in the exporter (flat in a steady state; growth is a leak).",
+        value=snap.asyncio_tasks,
+    )
+    panic = GaugeMetricFamily(
+        "healthcheck_app_panic",
+        "1 while the app is in panic (its healthy targets below HEALTHCHECK_PANIC_THRESHOLD): "
+        "every target of the app is passed on as routable, whatever its health.",
+        labels=["app"],
+    )
+    for app, in_panic in sorted((snap.panic or {}).items()):
+        panic.add_metric([app], int(in_panic))
+    yield panic
+    if snap.state_file is None:
+        return
+    yield _counter_by_result(
+        "healthcheck_state_file_writes",
+        "Saves of HEALTHCHECK_STATE_FILE, by result (a failure keeps the last good file).",
+        snap.state_file.writes,
+    )
+    yield GaugeMetricFamily(
+        "healthcheck_state_file_stale",
+        "1 while the last save of HEALTHCHECK_STATE_FILE failed (retried with backoff).",
+        value=int(snap.state_file.stale),
+    )
 
 
 def _buckets(hist: HistogramSample) -> list[tuple[str, float]]:

@@ -177,3 +177,8 @@ class ConfigUpdater(Protocol):
     """
 
     def on_health_change(self, healthy_targets: Sequence[Target]) -> None: ...
+
+
+class UpdateFailed(Exception):
+    """Raised by a `ConfigUpdater` whose update did not reach the proxy (it has logged why): the
+    monitor counts the call as failed and calls again with backoff until one succeeds."""

@@ -32,8 +32,20 @@ from exporter.model import (
     Target,
     TargetProvider,
     TargetState,
+    UpdateFailed,
+)
+from exporter.panic import (
+    EMPTY_VIEW,
+    OFF,
+    PanicThreshold,
+    PanicView,
+    changed_apps,
+    counts_toward_threshold,
+    evaluate,
+    routable_states,
 )
 from exporter.state import StateTracker, TargetChanges, TargetEntry
+from exporter.statefile import SavedTarget
 from exporter.stats import (
     CHECK_DURATION_BUCKETS,
     SCHEDULE_LAG_BUCKETS,
@@ -47,6 +59,10 @@ OTHER = FailureReason.OTHER
 # at most this much schedule lag.
 BATCH_WINDOW = 0.01
 MIN_SYNC_PERIOD = 1.0
+# A failed updater call (a full disk, a rejected config) is retried with this backoff even when
+# no further change comes, so the proxy catches up as soon as the cause is gone.
+UPDATE_RETRY_INITIAL = 0.5
+UPDATE_RETRY_MAX = 30.0
 
 
 class Checker(Protocol):
@@ -114,13 +130,21 @@ class HealthMonitor:
         logger: logging.Logger | None = None,
         *,
         checker: Checker | None = None,
+        panic_threshold: PanicThreshold = OFF,
+        initial_state: TargetState = TargetState.HEALTHY,
     ) -> None:
         self.config = config
         self.target_provider = target_provider
         self.config_updater = config_updater
         self.logger = logger or logging.getLogger("exporter.monitor")
         self.checker: Checker = checker or HTTPChecker(config.timeout)
-        self.tracker = StateTracker(config.fall, config.rise)
+        self.tracker = StateTracker(config.fall, config.rise, initial_state)
+        self.panic_threshold = panic_threshold
+        # The last published view of every app against the panic threshold (replaced, never
+        # mutated: the updater's thread and the web handlers read it as it is).
+        self.panic_view: PanicView = EMPTY_VIEW
+        self._saved: dict[str, SavedTarget] = {}  # state file entries not restored yet
+        self.restored = 0  # targets whose state came from the state file
         self.check_durations = HistogramsByLabel(CHECK_DURATION_BUCKETS)
         self.schedule_lag = Histogram(SCHEDULE_LAG_BUCKETS)
         self.checks_skipped = 0  # a slot came while the previous check of that target still ran
@@ -189,6 +213,9 @@ class HealthMonitor:
         self._ready.clear()
         self._http = _callback_driven(self.checker)
         self._epoch = loop.time()
+        if self._saved:
+            # Restore now, so the updater writes the restored state before the first round ends.
+            self._sync_from_provider(loop.time())
         self._spawn(self._run())
         self._spawn(self._notify_loop())
 
@@ -242,6 +269,74 @@ class HealthMonitor:
     def get_stats(self) -> tuple[int, int, int]:
         return self.tracker.get_stats()
 
+    # -- the safety floor and restored state ----------------------------------------------------
+
+    def routable_states(self) -> list[tuple[Target, TargetState]]:
+        """Every target with the state integrations act on: its own, or healthy while its app
+        is in panic (safe from any thread)."""
+        return routable_states(self.tracker.entries(), self.panic_view)
+
+    def routable(self, target_id: str) -> bool:
+        """Whether an integration should send traffic to the target (e.g. an agent check)."""
+        entry = self.tracker.get_entry(target_id)
+        if entry is None:
+            return False
+        return entry.state is TargetState.HEALTHY or self.panic_view.in_panic(entry.target.app_name)
+
+    def apps_in_panic(self) -> frozenset[str]:
+        """Apps whose targets are all passed on as routable because too few are healthy."""
+        return self.panic_view.apps_in_panic
+
+    def restore_state(self, saved: dict[str, SavedTarget]) -> None:
+        """Saved states to put back as their targets are first seen; call before `start`. A
+        target whose address changed since is a different server: it starts afresh. With checks
+        disabled every target counts as healthy: nothing is restored."""
+        self._saved = dict(saved) if self.config.enabled else {}
+
+    def _restore(self, targets: tuple[Target, ...]) -> None:
+        restored = 0
+        for target in targets:
+            saved = self._saved.pop(target.id, None)
+            if saved is None or saved.address != target.address:
+                continue
+            restored += self.tracker.restore(
+                target.id,
+                saved.state,
+                saved.consecutive_failures,
+                saved.consecutive_successes,
+                saved.last_change,
+            )
+        self._saved.clear()  # only the targets configured at startup are restored
+        if restored:
+            self.restored += restored
+            self.logger.info(
+                "restored target states from the state file",
+                extra={"restored": restored, "unhealthy": self.tracker.get_stats()[2]},
+            )
+
+    def _publish_panic_view(self) -> None:
+        """Evaluate the threshold, log each app entering or leaving panic, publish the view."""
+        tracker = self.tracker
+        view = evaluate(
+            tracker.entries(), self.panic_threshold, tracker.initial_state, self.panic_view
+        )
+        entered, left = changed_apps(self.panic_view, view)
+        self.panic_view = view
+        for app in entered:
+            health = view.apps[app]
+            self.logger.warning(
+                "app in panic: too few healthy targets, passing every target on as routable",
+                extra={"app": app, "healthy": health.healthy, "counted": health.counted,
+                       "total": health.total, "threshold": str(self.panic_threshold)},
+            )  # fmt: skip
+        for app in left:
+            gone = app not in view.apps
+            self.logger.info(
+                "app left panic: only healthy targets are routable again",
+                extra={"app": app, "healthy": 0 if gone else view.apps[app].healthy,
+                       "total": 0 if gone else view.apps[app].total},
+            )  # fmt: skip
+
     # -- the loop ----------------------------------------------------------------------------
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
@@ -282,7 +377,9 @@ class HealthMonitor:
         while True:
             self._sync_from_provider(loop.time())
             self._ready.set()
-            await self._sleep_until(loop.time() + self.config.interval)
+            # No checks to time: re-reading the targets once a second at most is plenty (and a
+            # tiny interval must not spin a core).
+            await self._sleep_until(loop.time() + max(self.config.interval, MIN_SYNC_PERIOD))
 
     async def _schedule_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -357,6 +454,8 @@ class HealthMonitor:
         changes = self.tracker.apply_targets(targets)
         if not changes:
             return changes
+        if self._saved and changes.added:
+            self._restore(changes.added)
         for target in changes.removed:
             self._due.pop(target.id, None)
             self._phase.pop(target.id, None)
@@ -532,11 +631,25 @@ class HealthMonitor:
                 round_.done.set_result(None)
 
     def _record(self, result: Result) -> None:
-        if self.tracker.record_result(result):
+        if self.panic_threshold.enabled:
+            self._record_counting(result)
+        elif self.tracker.record_result(result):
             self._log_transition(result)
             self._dirty.set()
         if result.target.id in self.tracker:
             self.check_durations.observe(result.target.app_name, result.duration)
+
+    def _record_counting(self, result: Result) -> None:
+        """`_record` with a panic threshold: a target that starts counting toward it (its first
+        decisive check) may move its app in or out of panic even without a state flip."""
+        entry = self.tracker.get_entry(result.target.id)
+        initial = self.tracker.initial_state
+        counted = entry is not None and counts_toward_threshold(entry, initial)
+        if self.tracker.record_result(result):
+            self._log_transition(result)
+            self._dirty.set()
+        elif entry is not None and not counted and counts_toward_threshold(entry, initial):
+            self._dirty.set()
 
     def _log_transition(self, result: Result) -> None:
         entry = self.tracker.get_entry(result.target.id)
@@ -564,17 +677,29 @@ class HealthMonitor:
     # -- the updater -------------------------------------------------------------------------
 
     async def _notify_loop(self) -> None:
-        await self._ready.wait()
+        if not self.restored:  # restored states go out at once, before the first round ends
+            await self._ready.wait()
+        backoff = UPDATE_RETRY_INITIAL
         while True:
             await self._dirty.wait()
             self._dirty.clear()
             if len(self.tracker) == 0:
                 continue  # as in the seed: never for an empty target set
-            healthy = self.tracker.get_healthy_targets()
+            self._publish_panic_view()
+            routable = [t for t, s in self.routable_states() if s is TargetState.HEALTHY]
             try:
-                await asyncio.to_thread(self.config_updater.on_health_change, healthy)
-            except Exception:
+                await asyncio.to_thread(self.config_updater.on_health_change, routable)
+            except Exception as err:
                 self.updater_calls["failure"] += 1
-                self.logger.exception("config updater failed")
+                if isinstance(err, UpdateFailed):  # the updater logged why, once is enough
+                    self.logger.debug("config update failed; will retry",
+                                      extra={"retry_in": backoff})  # fmt: skip
+                else:
+                    self.logger.exception("config updater failed; will retry",
+                                          extra={"retry_in": backoff})  # fmt: skip
+                await asyncio.sleep(backoff)  # changes arriving meanwhile ride on the retry
+                backoff = min(backoff * 2, UPDATE_RETRY_MAX)
+                self._dirty.set()
             else:
                 self.updater_calls["success"] += 1
+                backoff = UPDATE_RETRY_INITIAL

@@ -7,11 +7,14 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import jinja2
 from aiohttp import web
 
+from exporter import statefile
 from exporter.checks.options import OptionValues, build_options, parse_check_defaults
+from exporter.haproxy import files
 from exporter.haproxy.agent import AgentServer, AnswerFromState
 from exporter.haproxy.membership import MembershipFile
 from exporter.haproxy.render import AgentCheck
@@ -19,7 +22,7 @@ from exporter.haproxy.updater import HAProxyOptions, HAProxyUpdater
 from exporter.metrics import ReloadStats, build_labels, take_snapshot
 from exporter.model import ConfigUpdater, Target, TargetProvider
 from exporter.monitor import HealthMonitor
-from exporter.settings import ConfigError, Settings
+from exporter.settings import ConfigError, Settings, quoted
 from exporter.shard import Shard, ShardedProvider
 from exporter.sources.base import Source
 from exporter.sources.dns import DnsSource, parse_dns_sd, parse_dns_server
@@ -29,6 +32,7 @@ from exporter.sources.env import StaticSource
 from exporter.sources.file import FileSource
 from exporter.sources.http_sd import HttpSdSource, parse_http_sd_url
 from exporter.sources.union import SourceUnion
+from exporter.statefile import StateSaver
 from exporter.targets import parse_targets_env
 from exporter.web import make_app
 
@@ -170,10 +174,11 @@ def haproxy_updater(settings: Settings) -> HAProxyUpdater | None:
     if settings.haproxy_config is None:
         return None
     path = settings.haproxy_config
-    if not path.parent.is_dir():
-        raise ConfigError(f"HEALTHCHECK_HAPROXY_CONFIG: directory {path.parent} does not exist")
-    if path.is_dir():
-        raise ConfigError(f"HEALTHCHECK_HAPROXY_CONFIG: {path} is a directory, not a file")
+    check_replaceable_file("HEALTHCHECK_HAPROXY_CONFIG", path)
+    try:
+        files.read_existing(path)  # an unreadable or a binary file: refuse, not crash
+    except ValueError as err:
+        raise ConfigError(f"HEALTHCHECK_HAPROXY_CONFIG: {err}") from None
     # HAProxyOptions' fields are the HEALTHCHECK_HAPROXY_* settings without their prefix.
     agent = None
     if settings.agent_listen_address is not None:
@@ -187,6 +192,14 @@ def haproxy_updater(settings: Settings) -> HAProxyUpdater | None:
             if f.name not in ("config", "agent")
         },
     )
+    template = settings.haproxy_template
+    try:
+        if template is not None and template.exists() and not template.is_file():
+            raise ConfigError(f"HEALTHCHECK_HAPROXY_TEMPLATE: {template} is not a regular file")
+    except OSError as err:  # e.g. a name too long
+        raise ConfigError(
+            f"HEALTHCHECK_HAPROXY_TEMPLATE: {quoted(str(template))}: {err.strerror or err}"
+        ) from None
     try:
         return HAProxyUpdater(options, logger)
     except jinja2.TemplateError as err:
@@ -194,6 +207,40 @@ def haproxy_updater(settings: Settings) -> HAProxyUpdater | None:
         if isinstance(err, jinja2.TemplateSyntaxError):
             where += f" line {err.lineno}"
         raise ConfigError(f"HEALTHCHECK_HAPROXY_TEMPLATE: {where}: {err.message}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"HEALTHCHECK_HAPROXY_TEMPLATE: {settings.haproxy_template} is not UTF-8 text"
+        ) from None
+    except OSError as err:  # a directory, a FIFO...
+        raise ConfigError(
+            f"HEALTHCHECK_HAPROXY_TEMPLATE: {settings.haproxy_template}: {err.strerror or err}"
+        ) from None
+
+
+def check_replaceable_file(variable: str, path: Path) -> None:
+    """Raise ConfigError unless `path` can be replaced atomically: a regular file or nothing yet,
+    in a directory where we may create files."""
+    try:
+        if not path.parent.is_dir():
+            raise ConfigError(f"{variable}: directory {path.parent} does not exist")
+        if path.is_dir():
+            raise ConfigError(f"{variable}: {path} is a directory, not a file")
+        if path.exists() and not path.is_file():  # replacing a device or a FIFO: a disaster
+            raise ConfigError(f"{variable}: {path} is not a regular file")
+        files.check_directory_writable(path)
+    except ValueError as err:
+        raise ConfigError(f"{variable}: {err}") from None
+    except OSError as err:  # e.g. a name too long
+        raise ConfigError(f"{variable}: {quoted(str(path))}: {err.strerror or err}") from None
+
+
+def state_saver(settings: Settings, monitor: HealthMonitor) -> StateSaver | None:
+    """With HEALTHCHECK_STATE_FILE: the saved states handed to the monitor, and the saver."""
+    if settings.state_file is None:
+        return None
+    check_replaceable_file("HEALTHCHECK_STATE_FILE", settings.state_file)
+    monitor.restore_state(statefile.load(settings.state_file, logger))
+    return StateSaver(settings.state_file, monitor.tracker, logger)
 
 
 def event_loop_name() -> str:
@@ -216,7 +263,14 @@ async def serve(
     agent_mode = settings.agent_listen_address is not None
     # In agent mode, health reaches HAProxy through the agent: the file follows membership only.
     on_health = updater or (None if agent_mode else haproxy) or LoggingUpdater()
-    monitor = HealthMonitor(settings.monitor_config(), source.provider, on_health, logger)
+    monitor = HealthMonitor(
+        settings.monitor_config(),
+        source.provider,
+        on_health,
+        logger,
+        panic_threshold=settings.panic,
+        initial_state=settings.initial_target_state,
+    )
     try:
         await load_sources(source)
         await source.union.start(monitor.refresh_targets)
@@ -224,16 +278,21 @@ async def serve(
         loop.remove_signal_handler(signal.SIGHUP)
         await source.union.stop()
         raise
+    saver = state_saver(settings, monitor)
     membership: MembershipFile | None = None
     if haproxy is not None:
         if agent_mode:
             membership = MembershipFile(source.unsharded, haproxy, logger)
             haproxy.track(membership.states)
         else:
-            haproxy.track(lambda: [(e.target, e.state) for e in monitor.tracker.entries()])
+            haproxy.track(monitor.routable_states)  # the safety floor applies to HAProxy too
         await haproxy.start()
     agent = (
-        AgentServer(AnswerFromState(monitor.tracker), logger, settings.agent_timeout)
+        AgentServer(
+            AnswerFromState(monitor.tracker, lambda app: monitor.panic_view.in_panic(app)),
+            logger,
+            settings.agent_timeout,
+        )
         if agent_mode
         else None
     )
@@ -241,16 +300,24 @@ async def serve(
     stats = haproxy.stats if haproxy is not None else None
     agent_stats = agent.stats if agent is not None else None
     sources = source.union.sources
+    saved = saver.stats if saver is not None else None
     app = make_app(
         monitor,
         lambda: take_snapshot(
-            monitor, labels, source.reload_stats, stats, agent_stats, sources=sources
+            monitor,
+            labels,
+            source.reload_stats,
+            stats,
+            agent_stats,
+            sources=sources,
+            state_file=saved,
         ),
     )
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.5)
     await runner.setup()
     stop = asyncio.Event()
     follow: asyncio.Task[None] | None = None
+    saving: asyncio.Task[None] | None = None
     try:
         site = web.TCPSite(runner, settings.listen_host, settings.listen_port)
         await site.start()
@@ -268,6 +335,8 @@ async def serve(
                 "(healthcheck_checks_skipped_total)"
             )
         monitor.start()
+        if saver is not None:
+            saving = loop.create_task(saver.run())
         total = len(source.provider.get_health_check_targets())
         logger.info(
             "listening",
@@ -292,6 +361,10 @@ async def serve(
         if agent is not None:
             await agent.stop()
         await monitor.stop()
+        if saving is not None and saver is not None:
+            saving.cancel()
+            await asyncio.gather(saving, return_exceptions=True)
+            await saver.save()  # the last state, for the next start
         if haproxy is not None:
             await haproxy.stop()
         await runner.cleanup()

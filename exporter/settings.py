@@ -13,6 +13,7 @@ import ipaddress
 import math
 import os
 import re
+import typing
 from collections.abc import Mapping
 from contextvars import ContextVar
 from decimal import Decimal
@@ -29,7 +30,8 @@ from pydantic_settings import (
 )
 from pydantic_settings.sources.utils import parse_env_vars
 
-from exporter.model import Config
+from exporter.model import Config, TargetState
+from exporter.panic import PanicThreshold
 from exporter.shard import Shard
 
 ENV_PREFIX = "HEALTHCHECK_"
@@ -164,6 +166,26 @@ def _duration_from_text(value: object) -> object:
 _PARSE_DURATION = BeforeValidator(_duration_from_text)
 Duration = Annotated[float, _PARSE_DURATION, Field(gt=0, allow_inf_nan=False)]
 
+# Bounds of numeric settings (issue 13, defects 13 and 21): a value outside them is refused with
+# a clear error rather than altered or left to fail later (a 400-digit fall broke /metrics).
+MIN_INTERVAL = 0.01  # the scheduler batches due checks 10 ms apart: no shorter interval is kept
+MIN_TIMEOUT = 0.001
+MAX_DURATION = 24 * 3600.0
+MAX_COMMAND_TIME = 3600.0
+MAX_THRESHOLD = 10_000
+IntervalDuration = Annotated[Duration, Field(ge=MIN_INTERVAL, le=MAX_DURATION)]
+
+
+def is_duration_field(name: str) -> bool:
+    """Whether the Settings field `name` holds a duration (also when it may be unset)."""
+    field = Settings.model_fields.get(name)
+    if field is None:
+        return False
+    annotations = (field.annotation, *typing.get_args(field.annotation))
+    return _PARSE_DURATION in field.metadata or any(
+        _PARSE_DURATION in getattr(annotation, "__metadata__", ()) for annotation in annotations
+    )
+
 
 # --- addresses (shared with exporter.targets) ----------------------------------------------------
 
@@ -291,13 +313,26 @@ class Settings(BaseSettings):
     )
 
     enabled: bool = Field(default=True, description="Run health checks at all (true/false).")
-    interval: Duration = Field(default=15.0, description="Time between two checks of one target.")
-    timeout: Duration = Field(default=5.0, description="Timeout of one check.")
+    interval: Duration = Field(
+        default=15.0,
+        ge=MIN_INTERVAL,
+        le=MAX_DURATION,
+        description="Time between two checks of one target.",
+    )
+    timeout: Duration = Field(
+        default=5.0, ge=MIN_TIMEOUT, le=MAX_DURATION, description="Timeout of one check."
+    )
     fall: int = Field(
-        default=3, ge=1, description="Consecutive failures that mark a target unhealthy."
+        default=3,
+        ge=1,
+        le=MAX_THRESHOLD,
+        description="Consecutive failures that mark a target unhealthy.",
     )
     rise: int = Field(
-        default=2, ge=1, description="Consecutive successes that mark a target healthy."
+        default=2,
+        ge=1,
+        le=MAX_THRESHOLD,
+        description="Consecutive successes that mark a target healthy.",
     )
     max_concurrent: int = Field(
         default=100, ge=1, le=100_000, description="Checks in flight at once, over all targets."
@@ -331,12 +366,12 @@ class Settings(BaseSettings):
     )
 
     # Per-target check options and HAProxy-style timing (issue 12, options).
-    fastinter: Duration | None = Field(
+    fastinter: IntervalDuration | None = Field(
         default=None,
         description="Interval of a target in transition (a failure seen, fall not reached; or"
         " down with a success seen, rise not reached); unset: the interval.",
     )
-    downinter: Duration | None = Field(
+    downinter: IntervalDuration | None = Field(
         default=None, description="Interval of an unhealthy target; unset: the interval."
     )
     check_defaults: str | None = Field(
@@ -423,10 +458,13 @@ class Settings(BaseSettings):
         " fallback), e.g. 'docker kill -s USR2 haproxy'.",
     )
     haproxy_reload_timeout: Duration = Field(
-        default=10.0, description="Time a reload (or check command) may take."
+        default=10.0,
+        le=MAX_COMMAND_TIME,
+        description="Time a reload (or check command) may take.",
     )
     haproxy_min_reload_interval: Duration = Field(
         default=1.0,
+        le=MAX_COMMAND_TIME,
         description="At most one reload per this interval; changes in between are coalesced.",
     )
     haproxy_runtime_socket: Path | None = Field(
@@ -465,6 +503,36 @@ class Settings(BaseSettings):
         " shard k; the HAProxy file then lists every target, each pointing at its shard's agent.",
     )
 
+    # --- safety (issue 13): the panic threshold, health that survives restarts -----------------
+    panic_threshold: str = Field(
+        default="0",
+        description="Safety floor: when the healthy targets of an app fall below this percentage"
+        " (50%) or count (2), every target of the app is passed on as routable; 0 turns it off.",
+    )
+    initial_state: Literal["healthy", "unhealthy"] = Field(
+        default="healthy",
+        description="State of a target with no saved state: healthy (routable until fall"
+        " failures) or unhealthy (routable after rise successes, the first round counting).",
+    )
+    state_file: Path | None = Field(
+        default=None,
+        description="File where each target's health is saved (at most once a second) and"
+        " restored from at startup; unset: nothing survives a restart.",
+    )
+
+    @field_validator("panic_threshold")
+    @classmethod
+    def _check_panic_threshold(cls, value: str) -> str:
+        return str(PanicThreshold.parse(value))
+
+    @property
+    def panic(self) -> PanicThreshold:
+        return PanicThreshold.parse(self.panic_threshold)
+
+    @property
+    def initial_target_state(self) -> TargetState:
+        return TargetState.UNHEALTHY if self.initial_state == "unhealthy" else TargetState.HEALTHY
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -480,7 +548,7 @@ class Settings(BaseSettings):
             env_settings = _MappingEnvSettingsSource(settings_cls, environ)
         return init_settings, env_settings
 
-    @field_validator("log_level", "log_format", mode="before")
+    @field_validator("log_level", "log_format", "initial_state", mode="before")
     @classmethod
     def _lowercase(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
@@ -784,23 +852,27 @@ def _check_variable_names(environ: Mapping[str, str]) -> None:
         seen[upper] = key
 
 
-def describe_validation_error(exc: ValidationError) -> str:
-    """A pydantic error about one value (no variable name) in the words of a setting's error."""
-    return "; ".join(_describe_error(error) for error in exc.errors())
+def describe_validation_error(exc: ValidationError, duration: bool = False) -> str:
+    """A pydantic error about one value (no variable name) in the words of a setting's error;
+    `duration`: the value is a duration (its limits are written as durations)."""
+    return "; ".join(_describe_error(error, duration) for error in exc.errors())
 
 
-def _describe_error(error: ErrorDetails) -> str:
+def _describe_error(error: ErrorDetails, duration: bool = False) -> str:
     """One pydantic error as `HEALTHCHECK_X: what is wrong (got 'value')`."""
     context = error.get("ctx", {})
+    location = error["loc"]
+    is_duration = duration or (bool(location) and is_duration_field(str(location[0])))
+    limit = format_duration if is_duration else str
     match error["type"]:
         case "value_error":  # our validators' messages already quote the value
             reason = str(context["error"])
         case "greater_than_equal":
-            reason = f"must be at least {context['ge']}"
+            reason = f"must be at least {limit(context['ge'])}"
         case "less_than_equal":
-            reason = f"must be at most {context['le']}"
+            reason = f"must be at most {limit(context['le'])}"
         case "greater_than":
-            reason = f"must be greater than {context['gt']}"
+            reason = f"must be greater than {limit(context['gt'])}"
         case "int_parsing" | "int_from_float":
             reason = "must be a whole number"
         case "float_parsing" | "finite_number":
@@ -812,6 +884,8 @@ def _describe_error(error: ErrorDetails) -> str:
         case _:
             reason = error["msg"]
     if error["type"] != "value_error":
-        reason += f" (got {quoted(error['input'])})"
-    location = error["loc"]
+        got = error["input"]
+        if is_duration and isinstance(got, float) and 0 <= got < MAX_DURATION * 1000:
+            got = format_duration(got)  # the parsed value, as the user would write it
+        reason += f" (got {quoted(got)})"
     return f"{_variable_name(str(location[0]))}: {reason}" if location else reason

@@ -181,6 +181,32 @@ class StateTracker:
                 self.version += 1
             return flipped
 
+    def restore(
+        self,
+        target_id: str,
+        state: TargetState,
+        consecutive_failures: int,
+        consecutive_successes: int,
+        last_change: float | None,
+    ) -> bool:
+        """Put back a known target's saved state (from the state file); False if unknown.
+
+        A restored target counts as checked: its state was decided by checks before a restart.
+        """
+        with self._lock:
+            entry = self._entries.get(target_id)
+            if entry is None:
+                return False
+            if entry.state is not state:
+                self._unhealthy += 1 if state is TargetState.UNHEALTHY else -1
+            entry.state = state
+            entry.consecutive_failures = max(consecutive_failures, 0)
+            entry.consecutive_successes = max(consecutive_successes, 0)
+            entry.last_change = last_change
+            entry.checked = True
+            self.version += 1
+            return True
+
     def _count(self, entry: TargetEntry, result: Result) -> bool:
         """Move the streaks by one result; True if the state flipped."""
         if result.healthy:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from exporter.haproxy.reload import cli_command
@@ -46,6 +47,19 @@ def haproxy_binary() -> str | None:
     if path is None and os.environ.get("CI"):
         raise AssertionError("haproxy is missing in CI: scripts/test.sh installs it")
     return path
+
+
+REQUIRES_HAPROXY = pytest.mark.skipif(
+    haproxy_binary() is None, reason="haproxy not installed (scripts/test.sh installs it)"
+)
+
+FAST = {  # checks and reloads fast enough for a test to see many state changes
+    "HEALTHCHECK_INTERVAL": "100ms",
+    "HEALTHCHECK_TIMEOUT": "500ms",
+    "HEALTHCHECK_FALL": "2",
+    "HEALTHCHECK_RISE": "2",
+    "HEALTHCHECK_HAPROXY_MIN_RELOAD_INTERVAL": "100ms",
+}
 
 
 @dataclass

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 
 from tests.haproxy_proc import (
+    FAST,
+    REQUIRES_HAPROXY,
     Backend,
     backends,
     haproxy,
@@ -30,17 +32,7 @@ from tests.haproxy_proc import (
 from tests.process import ExporterProcess, exporter, value
 from tests.servers import target_server
 
-pytestmark = pytest.mark.skipif(
-    haproxy_binary() is None, reason="haproxy not installed (scripts/test.sh installs it)"
-)
-
-FAST = {
-    "HEALTHCHECK_INTERVAL": "100ms",
-    "HEALTHCHECK_TIMEOUT": "500ms",
-    "HEALTHCHECK_FALL": "2",
-    "HEALTHCHECK_RISE": "2",
-    "HEALTHCHECK_HAPROXY_MIN_RELOAD_INTERVAL": "100ms",
-}
+pytestmark = REQUIRES_HAPROXY
 
 
 @contextlib.asynccontextmanager

@@ -10,8 +10,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
+
 from exporter.haproxy.updater import HAProxyOptions, HAProxyUpdater
-from exporter.model import Target, TargetState
+from exporter.model import Target, TargetState, UpdateFailed
 
 UP, DOWN = TargetState.HEALTHY, TargetState.UNHEALTHY
 TARGETS = [Target(f"web-{i}", "web", f"10.0.0.{i}", "8080") for i in range(1, 4)]
@@ -162,10 +164,12 @@ async def test_check_command_rejection_keeps_the_last_good_file(tmp_path: Path):
         good = options.config.read_text()
         allow.write_text("no")
         states.set(0, DOWN)
-        await notify(writer, states)
+        with pytest.raises(UpdateFailed):  # the monitor counts it as failed and retries
+            await notify(writer, states)
         assert options.config.read_text() == good
         assert writer.stats.check_failures == 1
         assert writer.stats.writes["failure"] == 1
+        assert writer.stats.stale
         assert sorted(p.name for p in tmp_path.iterdir()) == ["allow", "backends.cfg"]
         allow.write_text("yes")
         await notify(writer, states)
@@ -177,9 +181,12 @@ async def test_a_failed_install_is_a_counted_failure_not_a_crash(tmp_path: Path)
     options = HAProxyOptions(config=tmp_path / "backends.cfg")
     async with updater(options) as (writer, states):
         options.config.mkdir()
-        await notify(writer, states)
+        with pytest.raises(UpdateFailed):
+            await notify(writer, states)
         assert writer.stats.writes["failure"] == 1
+        assert writer.stats.stale
         options.config.rmdir()
         await notify(writer, states)
+        assert not writer.stats.stale
         assert writer.stats.writes["success"] == 1
         assert [p.name for p in tmp_path.iterdir()] == ["backends.cfg"]

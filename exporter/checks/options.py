@@ -28,6 +28,7 @@ from exporter.settings import (
     check_host,
     describe_validation_error,
     format_duration,
+    is_duration_field,
     quoted,
     type_name,
 )
@@ -234,7 +235,7 @@ def _setting_parser(setting: str) -> Callable[[object], object]:
         try:
             return adapter.validate_python(value)
         except ValidationError as exc:
-            raise ValueError(describe_validation_error(exc)) from None
+            raise ValueError(describe_validation_error(exc, is_duration_field(setting))) from None
 
     return parse
 

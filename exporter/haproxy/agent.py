@@ -38,9 +38,9 @@ Decide = Callable[[str], Answer]
 class AnswerFromState:
     """What the agent answers for a target id: the checker's verdict, once it is confirmed.
 
-    `__call__` is the one place that decides an agent answer. The safety floor (issue 6: an app
-    in panic, with too few healthy targets, keeps all of them in rotation) plugs in here: for a
-    target of a panicking app it must answer `up` whatever the state.
+    `__call__` is the one place that decides an agent answer. The safety floor (issue 13: an app
+    in panic, with too few healthy targets, keeps all of them in rotation) plugs in here through
+    `in_panic`: for a target of a panicking app it answers `up` whatever the state.
 
     `up` is said only for a state the checks have confirmed: after `rise` successes in a row, or
     after a change of state (or a restored one). Until then (a target just added, an exporter
@@ -49,14 +49,19 @@ class AnswerFromState:
     Confirmation is sticky for the life of the tracker entry.
     """
 
-    def __init__(self, tracker: StateTracker) -> None:
+    def __init__(
+        self, tracker: StateTracker, in_panic: Callable[[str], bool] = lambda app: False
+    ) -> None:
         self.tracker = tracker
+        self.in_panic = in_panic  # app -> in panic (the monitor's safety floor)
         self._confirmed: dict[str, TargetEntry] = {}
 
     def __call__(self, target_id: str) -> Answer:
         entry = self.tracker.get_entry(target_id)
         if entry is None:
             return "unknown", NO_CHANGE
+        if self.in_panic(entry.target.app_name):
+            return "up", UP  # every target of an app in panic stays routable
         if not entry.checked:
             return "pending", NO_CHANGE
         if entry.state is TargetState.UNHEALTHY:

@@ -56,7 +56,68 @@ def install(temp: Path, path: Path) -> None:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    install(write_temp(path, data), path)
+    temp = write_temp(path, data)
+    try:
+        install(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def read_regular(path: Path, limit: int | None = None) -> bytes:
+    """The bytes of the regular file at `path` (at most `limit` + 1 of them).
+
+    Raises FileNotFoundError if there is none, ValueError saying why for anything else that
+    cannot be read: not a regular file (opened without blocking, so a FIFO cannot hang us),
+    permissions, I/O errors.
+    """
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # sockets cannot even be opened
+            raise ValueError(f"{path} is not a regular file")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read it: {err.strerror or err}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced since the stat
+            raise ValueError(f"{path} is not a regular file")
+        with os.fdopen(os.dup(fd), "rb") as file:
+            return file.read() if limit is None else file.read(limit + 1)
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read it: {err.strerror or err}") from None
+    finally:
+        os.close(fd)
+
+
+def read_existing(path: Path) -> bytes | None:
+    """The current content of a file we are to replace; None if there is none.
+
+    Raises ValueError, saying why, for a path we must not take over: not a regular file,
+    unreadable, or not UTF-8 text (probably not the file meant).
+    """
+    try:
+        data = read_regular(path)
+    except FileNotFoundError:
+        return None
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text: is it the right file?") from None
+    return data
+
+
+def check_directory_writable(path: Path) -> None:
+    """Raise ValueError unless a temporary file can be created beside `path` (as every atomic
+    replace does), e.g. in a read-only directory or file system."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
+    except OSError as err:
+        raise ValueError(
+            f"cannot create files in {path.parent} ({err.strerror or err}); the file is replaced "
+            "through a temporary file beside it, so its directory must be writable"
+        ) from None
+    os.close(fd)
+    os.unlink(name)
 
 
 def remove_stale_temps(path: Path) -> list[Path]:

@@ -33,27 +33,39 @@ class Reloader(Protocol):
 
 
 async def run_command(argv: Sequence[str], timeout: float) -> str:
-    """Run `argv` (no shell); return its output, or raise ReloadError on failure or timeout."""
+    """Run `argv` (no shell); return its output, or raise ReloadError on failure or timeout.
+
+    The command runs in a process group of its own: on timeout, or when we are cancelled (a
+    SIGTERM of the exporter), the whole group is killed, so no child it started is orphaned.
+    """
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
         )
     except OSError as err:
         raise ReloadError(f"cannot run {shlex.join(argv)}: {err.strerror or err}") from None
     try:
         output, _ = await asyncio.wait_for(proc.communicate(), timeout)
     except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
+        _kill_group(proc.pid)
         await proc.wait()
         raise ReloadError(f"{shlex.join(argv)} timed out after {timeout:g}s") from None
+    except BaseException:  # cancelled: do not leave the command running behind us
+        _kill_group(proc.pid)
+        raise
     text = " | ".join(output.decode(errors="replace").strip().splitlines())[:_OUTPUT_LIMIT]
     if proc.returncode != 0:
         raise ReloadError(f"{shlex.join(argv)} exited with status {proc.returncode}: {text}")
     return text
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
 
 
 def split_command(command: str, file: Path | None = None) -> list[str]:

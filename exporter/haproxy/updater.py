@@ -7,6 +7,9 @@ check command before it replaces the live file, so a rejected config leaves the 
 place. Reloads run in their own task on the event loop: at most one per minimum interval, changes
 in between coalesced into the next one (the file on disk is always the latest state, so the last
 reload always carries the last state), failures retried with backoff, never blocking checks.
+A write that fails (render, check command, full or read-only disk) raises `UpdateFailed`, so the
+monitor counts it as failed and calls again with backoff until the file catches up, also when no
+further health change comes; `stale` stays true meanwhile.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +42,7 @@ from exporter.haproxy.render import (
     render_default,
 )
 from exporter.haproxy.runtime import Desired, NeedsReload, RuntimeAPI, RuntimeSync, desired_servers
-from exporter.model import Target, TargetState
+from exporter.model import Target, TargetState, UpdateFailed
 
 RETRY_INITIAL = 0.5
 RETRY_MAX = 30.0
@@ -77,6 +80,7 @@ class HAProxyStats:
     runtime_commands: dict[str, int] = field(default_factory=lambda: {"success": 0, "failure": 0})
     last_reload_success: float = 0.0
     last_config_change: float = 0.0
+    stale: bool = False  # the last write failed: the file no longer matches target health
 
 
 def make_reloader(options: HAProxyOptions) -> Reloader:
@@ -147,6 +151,7 @@ class HAProxyUpdater:
             self.runtime = RuntimeSync(api, options.server_options)
         self._runtime_lock = asyncio.Lock()  # runtime commands and post-reload bookkeeping
         self._written: Desired = {}  # servers in the file as last written
+        self._checking: Future[str] | None = None  # the check command running now
 
     @property
     def include_unhealthy(self) -> bool:
@@ -177,12 +182,18 @@ class HAProxyUpdater:
                 "make (a new app) reaches HAProxy only at its next reload"
             )
         try:
-            self._current = path.read_text()
-        except FileNotFoundError:
-            self._current = None
+            existing = files.read_existing(path)
+        except ValueError as err:  # checked at startup; changed since: it will be replaced
+            self.logger.warning("cannot read the current HAProxy config; replacing it",
+                                extra={"file": str(path), "error": str(err)})  # fmt: skip
+            existing = None
+        self._current = None if existing is None else existing.decode()
         self._task = self._loop.create_task(self._reload_loop())
 
     async def stop(self) -> None:
+        checking = self._checking
+        if checking is not None:
+            checking.cancel()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -201,15 +212,16 @@ class HAProxyUpdater:
             text = self._render(backends)
         except Exception as err:
             self._write_failed("cannot render the HAProxy config", err)
-            return
+            raise UpdateFailed(str(err)) from None
         if text == self._current:
             self.stats.writes["unchanged"] += 1
+            self.stats.stale = False
             self._backends = backends
             return
         if not self._install(text):
             if self.runtime is not None:  # health must reach HAProxy even if the file cannot
                 self._on_loop(self._apply_runtime(desired_servers(backends)))
-            return
+            raise UpdateFailed(f"{self.options.config} not updated")
         self.logger.info(
             "haproxy config written",
             extra={
@@ -220,6 +232,7 @@ class HAProxyUpdater:
         )
         self._current, self._backends = text, backends
         self.stats.writes["success"] += 1
+        self.stats.stale = False
         self.stats.last_config_change = time.time()
         if self.runtime is None:
             self.request_reload()
@@ -285,10 +298,17 @@ class HAProxyUpdater:
         future: Future[str] = asyncio.run_coroutine_threadsafe(
             run_command(argv, self.options.reload_timeout), self._loop
         )
-        future.result()
+        self._checking = future  # cancelled by stop(): the command's process group is killed
+        try:
+            future.result()
+        except CancelledError:
+            raise ReloadError("the check command was stopped (the exporter is stopping)") from None
+        finally:
+            self._checking = None
 
     def _write_failed(self, message: str, err: Exception) -> None:
         self.stats.writes["failure"] += 1
+        self.stats.stale = True
         self.logger.error(message, extra={"file": str(self.options.config), "error": str(err)})
 
     def request_reload(self) -> None:
