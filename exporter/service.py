@@ -19,6 +19,8 @@ from exporter.settings import ConfigError, Settings
 from exporter.shard import Shard, ShardedProvider
 from exporter.targets import FileTargetProvider, StaticTargetProvider, parse_targets_env
 from exporter.web import make_app
+from exporter.web.api import ApiOptions
+from exporter.web.views import Extensions
 
 logger = logging.getLogger("exporter")
 
@@ -111,7 +113,15 @@ async def serve(
         await haproxy.start()
     labels = build_labels(event_loop_name(), settings.shard or "")
     stats = haproxy.stats if haproxy is not None else None
-    app = make_app(monitor, lambda: take_snapshot(monitor, labels, source.reload_stats, stats))
+    api_options = ApiOptions(
+        admin_api=settings.web_enable_admin_api,
+        lifecycle=settings.web_enable_lifecycle,
+        reload=lambda: reload_targets(source, monitor),
+        extensions=status_extensions(source, haproxy),
+    )
+    app = make_app(
+        monitor, lambda: take_snapshot(monitor, labels, source.reload_stats, stats), api_options
+    )
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.5)
     await runner.setup()
     stop = asyncio.Event()
@@ -160,8 +170,50 @@ async def serve(
 
 def _reload_on_sighup(provider: FileTargetProvider, monitor: HealthMonitor) -> None:
     logger.info("SIGHUP: re-reading the targets file", extra={"file": str(provider.path)})
-    provider.reload()
+    reload_targets(TargetSource(provider, provider), monitor)
+
+
+def reload_targets(source: TargetSource, monitor: HealthMonitor) -> str | None:
+    """Re-read the targets file now (SIGHUP, POST /-/reload); the file's error, if it is bad."""
+    if source.file is not None:
+        source.file.reload()
     monitor.refresh_targets()
+    return None if source.file is None else source.file.last_error
+
+
+def status_extensions(source: TargetSource, haproxy: HAProxyUpdater | None) -> Extensions:
+    """What the status page and /api/v1/status show of the integrations beside the checks."""
+
+    def haproxy_section() -> object:
+        if haproxy is None:
+            return None
+        stats = haproxy.stats
+        return {
+            "config": str(haproxy.options.config),
+            "reload_mode": haproxy.options.reload,
+            "writes": dict(stats.writes),
+            "check_failures": stats.check_failures,
+            "reloads": dict(stats.reloads),
+            "last_config_change": stats.last_config_change or None,
+            "last_reload_success": stats.last_reload_success or None,
+        }
+
+    def sources_section() -> object:
+        file = source.file
+        if file is None:
+            return [{"kind": "static"}]
+        return [
+            {
+                "kind": "file",
+                "path": str(file.path),
+                "reload_successes": file.reload_successes,
+                "reload_failures": file.reload_failures,
+                "last_reload_success": file.last_reload_success_time or None,
+                "last_error": file.last_error,
+            }
+        ]
+
+    return Extensions(status_sections={"haproxy": haproxy_section, "sources": sources_section})
 
 
 def _format_address(address: object) -> str:

@@ -12,6 +12,7 @@ from exporter import __version__
 from exporter.exposition import LabelCache, iter_targets
 from exporter.metrics import ScrapeRegistry, Snapshot
 from exporter.monitor import HealthMonitor
+from exporter.web.api import Api, ApiOptions, error_envelope
 
 SNAPSHOT_KEY: web.AppKey[Callable[[], Snapshot]] = web.AppKey("snapshot")
 MONITOR_KEY = web.AppKey("monitor", HealthMonitor)
@@ -91,8 +92,12 @@ def _counts_by_app(monitor: HealthMonitor) -> dict[str, tuple[int, int]]:
     return counts
 
 
-def make_app(monitor: HealthMonitor, snapshot: Callable[[], Snapshot]) -> web.Application:
-    app = web.Application()
+def make_app(
+    monitor: HealthMonitor,
+    snapshot: Callable[[], Snapshot],
+    api_options: ApiOptions | None = None,
+) -> web.Application:
+    app = web.Application(middlewares=[error_envelope])
     app[MONITOR_KEY] = monitor
     app[SNAPSHOT_KEY] = snapshot
     app[LABELS_KEY] = LabelCache()
@@ -100,4 +105,5 @@ def make_app(monitor: HealthMonitor, snapshot: Callable[[], Snapshot]) -> web.Ap
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/-/healthy", healthy)
     app.router.add_get("/-/ready", ready)
+    Api(monitor, api_options or ApiOptions()).add_routes(app)
     return app
