@@ -10,6 +10,7 @@ declare -A APT_FOR=(
     [prometheus]=prometheus
     [prometheus-alertmanager]=prometheus-alertmanager
     [haproxy]=haproxy
+    [chromium]=chromium
 )
 
 install_debian_packages() {
