@@ -54,7 +54,7 @@ async def test_status_page_follows_a_killed_backend_down_and_back_without_reload
          "path": "/health?<script>document.title='pwned'</script>"},
     ]  # fmt: skip
     env = {
-        "HEALTHCHECK_INTERVAL": "300ms",
+        "HEALTHCHECK_INTERVAL": "600ms",  # well over the page's 200 ms between polls
         "HEALTHCHECK_TIMEOUT": "1s",
         "HEALTHCHECK_FALL": "3",
         "HEALTHCHECK_RISE": "2",
@@ -77,13 +77,13 @@ async def test_status_page_follows_a_killed_backend_down_and_back_without_reload
         await wait_until(page, "() => window.seen.includes('UP')")
 
         # Escaped: the path is text in the address cell, no script ran, no element was made.
-        address = await page.inner_text('tr[data-id="xss"] td.addr')
+        address = await page.text_content('tr[data-id="xss"] td.addr')
         assert "<script>document.title='pwned'</script>" in address
         assert await page.title() == "healthcheck-exporter"
         assert await page.locator("main script").count() == 0
-        summary = await page.inner_text('section[data-app="web"] h2')
+        summary = await page.text_content('section[data-app="web"] h2')
         assert "2/2 up" in summary
-        assert (await page.inner_text("main section h2")).startswith("evil")  # by name
+        assert (await page.text_content("main section h2")).startswith("evil")  # by name
 
         await srv.kill()  # connection refused from now on: UP -> UP 1/3 -> UP 2/3 -> DOWN
         await wait_until(page, "() => window.seen.includes('DOWN')")
@@ -93,9 +93,9 @@ async def test_status_page_follows_a_killed_backend_down_and_back_without_reload
             """() => document.querySelector('section[data-app="web"] h2')
                 .textContent.includes('0/2 up')""",
         )
-        first = await page.inner_text("main section h2")  # apps in trouble come first
+        first = await page.text_content("main section h2")  # apps in trouble come first
         assert first.startswith("web"), first
-        error = await page.inner_text('tr[data-id="web-1"] td.error')
+        error = await page.text_content('tr[data-id="web-1"] td.error')
         assert "refused" in error.lower()
 
         await srv.start()  # back: DOWN -> DOWN 1/2 -> UP
@@ -116,7 +116,7 @@ async def test_status_page_follows_a_killed_backend_down_and_back_without_reload
 async def filter_box_keeps_only_matches(page: Any) -> None:
     await page.fill("#filter", "web-2")
     await wait_until(page, "() => document.querySelectorAll('tr[data-id]').length === 1")
-    assert await page.inner_text("tr[data-id] td.id") == "web-2"
+    assert await page.text_content("tr[data-id] td.id") == "web-2"
     await page.fill("#filter", "")
     await wait_until(page, "() => document.querySelectorAll('tr[data-id]').length === 3")
 
@@ -144,7 +144,7 @@ async def test_status_page_stops_polling_while_hidden():
         seen = len(requests)
         await asyncio.sleep(1.5)
         assert len(requests) == seen, requests[seen:]
-        assert "paused" in await page.inner_text("#connection")
+        assert "paused" in await page.text_content("#connection")
         await page.evaluate(
             """() => {
               Object.defineProperty(document, 'hidden', {configurable: true, get: () => false});

@@ -118,8 +118,10 @@ function targetRow(target) {
   return row;
 }
 
-const HEADINGS = ["state", "target", "address", "last check", "checked", "error",
-  "last change", "last 30"];
+// Column headings and the classes that size them (a fixed table layout is cheap at 10,000 rows).
+const COLUMNS = [["state", "state"], ["target", "id"], ["address", "addr"],
+  ["last check", "check"], ["checked", "when"], ["error", "error"], ["last change", "when"],
+  ["last 30", "strip"]];
 
 function appSection(summary, targets) {
   const section = el("section", "app");
@@ -130,8 +132,12 @@ function appSection(summary, targets) {
   if (summary.panic) title.appendChild(el("span", "panic", "PANIC: all targets routed"));
   section.appendChild(title);
   const table = el("table");
+  const columns = table.appendChild(el("colgroup"));
   const head = el("tr");
-  for (const heading of HEADINGS) head.appendChild(el("th", "", heading));
+  for (const [heading, width] of COLUMNS) {
+    columns.appendChild(el("col", width));
+    head.appendChild(el("th", "", heading));
+  }
   table.appendChild(el("thead")).appendChild(head);
   const body = el("tbody");
   for (const target of targets) body.appendChild(targetRow(target));
