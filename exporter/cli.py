@@ -20,6 +20,7 @@ from exporter.service import (
     run_event_loop,
     serve,
     target_source,
+    web_security,
 )
 from exporter.settings import ConfigError, Settings, environment_variables, load_settings
 from exporter.targets import StaticTargetProvider
@@ -90,6 +91,7 @@ async def _serve(settings: Settings, source: TargetSource) -> int:
 def _validate(settings: Settings) -> int:
     targets = target_source(settings).provider.get_health_check_targets()
     haproxy_updater(settings)
+    web_security(settings)
     apps = sorted({t.app_name for t in targets})
     cfg = settings.monitor_config()
     print(

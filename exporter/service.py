@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, fields
 
@@ -20,6 +21,9 @@ from exporter.shard import Shard, ShardedProvider
 from exporter.targets import FileTargetProvider, StaticTargetProvider, parse_targets_env
 from exporter.web import make_app
 from exporter.web.api import ApiOptions
+from exporter.web.auth import Guard
+from exporter.web.config import WebConfig, load_web_config
+from exporter.web.tls import WebConfigWatcher, server_context
 from exporter.web.views import Extensions
 
 logger = logging.getLogger("exporter")
@@ -90,6 +94,22 @@ def haproxy_updater(settings: Settings) -> HAProxyUpdater | None:
         raise ConfigError(f"HEALTHCHECK_HAPROXY_TEMPLATE: {where}: {err.message}") from None
 
 
+@dataclass
+class WebSecurity:
+    """HEALTHCHECK_WEB_CONFIG_FILE, loaded: its config and the TLS context (None: plain HTTP)."""
+
+    config: WebConfig
+    context: ssl.SSLContext | None
+
+
+def web_security(settings: Settings) -> WebSecurity | None:
+    """The web config, validated and its certificates loaded; raises ConfigError if unusable."""
+    if settings.web_config_file is None:
+        return None
+    config = load_web_config(settings.web_config_file)
+    return WebSecurity(config, None if config.tls is None else server_context(config.tls))
+
+
 def event_loop_name() -> str:
     loop = asyncio.get_running_loop()
     return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
@@ -104,6 +124,7 @@ async def serve(
 ) -> None:
     """Run until SIGTERM or SIGINT, then shut down cleanly."""
     loop = asyncio.get_running_loop()
+    security = web_security(settings)  # before anything starts: a bad file is exit 2
     haproxy = haproxy_updater(settings) if updater is None else None
     monitor = HealthMonitor(
         settings.monitor_config(), source.provider, updater or haproxy or LoggingUpdater(), logger
@@ -119,16 +140,25 @@ async def serve(
         reload=lambda: reload_targets(source, monitor),
         extensions=status_extensions(source, haproxy),
     )
+    guard = None if security is None else Guard(security.config)
     app = make_app(
-        monitor, lambda: take_snapshot(monitor, labels, source.reload_stats, stats), api_options
+        monitor,
+        lambda: take_snapshot(monitor, labels, source.reload_stats, stats),
+        api_options,
+        guard,
     )
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.5)
     await runner.setup()
     stop = asyncio.Event()
     watch: asyncio.Task[None] | None = None
+    web_watch: asyncio.Task[None] | None = None
     try:
-        site = web.TCPSite(runner, settings.listen_host, settings.listen_port)
+        context = None if security is None else security.context
+        site = web.TCPSite(runner, settings.listen_host, settings.listen_port, ssl_context=context)
         await site.start()
+        if security is not None and guard is not None:
+            watcher = WebConfigWatcher(security.config, context, guard.apply, logger)
+            web_watch = loop.create_task(watcher.watch())
         addresses = [_format_address(a) for a in runner.addresses]
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
@@ -147,6 +177,7 @@ async def serve(
             "listening",
             extra={
                 "address": ",".join(addresses),
+                "tls": context is not None,
                 "targets": total,
                 "event_loop": labels["event_loop"],
                 "version": labels["version"],
@@ -159,9 +190,10 @@ async def serve(
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
-        if watch is not None:
-            watch.cancel()
-            await asyncio.gather(watch, return_exceptions=True)
+        for task in (watch, web_watch):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await monitor.stop()
         if haproxy is not None:
             await haproxy.stop()

@@ -11,6 +11,7 @@ from exporter.exposition import LabelCache, iter_targets
 from exporter.metrics import ScrapeRegistry, Snapshot
 from exporter.monitor import HealthMonitor
 from exporter.web.api import Api, ApiOptions, error_envelope
+from exporter.web.auth import Guard
 from exporter.web.page import StatusPage
 
 SNAPSHOT_KEY: web.AppKey[Callable[[], Snapshot]] = web.AppKey("snapshot")
@@ -56,8 +57,14 @@ def make_app(
     monitor: HealthMonitor,
     snapshot: Callable[[], Snapshot],
     api_options: ApiOptions | None = None,
+    guard: Guard | None = None,
 ) -> web.Application:
-    app = web.Application(middlewares=[error_envelope])
+    """The app; `guard` (from HEALTHCHECK_WEB_CONFIG_FILE) adds basic auth, client certificates
+    and the configured headers."""
+    middlewares = [error_envelope] if guard is None else [guard.middleware, error_envelope]
+    app = web.Application(middlewares=middlewares)
+    if guard is not None:
+        app.on_response_prepare.append(guard.on_prepare)
     app[MONITOR_KEY] = monitor
     app[SNAPSHOT_KEY] = snapshot
     app[LABELS_KEY] = LabelCache()
