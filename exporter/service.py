@@ -23,6 +23,12 @@ from exporter.web import make_app
 from exporter.web.api import ApiOptions
 from exporter.web.auth import Guard
 from exporter.web.config import WebConfig, load_web_config
+from exporter.web.server import (
+    HTTPServer,
+    connection_limit,
+    raise_open_files_limit,
+    runner_options,
+)
 from exporter.web.tls import WebConfigWatcher, server_context
 from exporter.web.views import Extensions
 
@@ -147,19 +153,22 @@ async def serve(
         api_options,
         guard,
     )
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.5)
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None, shutdown_timeout=0.5, **runner_options()
+    )
     await runner.setup()
+    soft_fd_limit, _ = raise_open_files_limit()
+    http = HTTPServer(runner, connection_limit(soft_fd_limit))
     stop = asyncio.Event()
     watch: asyncio.Task[None] | None = None
     web_watch: asyncio.Task[None] | None = None
     try:
         context = None if security is None else security.context
-        site = web.TCPSite(runner, settings.listen_host, settings.listen_port, ssl_context=context)
-        await site.start()
+        await http.start(settings.listen_host, settings.listen_port, context)
         if security is not None and guard is not None:
             watcher = WebConfigWatcher(security.config, context, guard.apply, logger)
             web_watch = loop.create_task(watcher.watch())
-        addresses = [_format_address(a) for a in runner.addresses]
+        addresses = [_format_address(a) for a in http.addresses]
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         if source.file is not None:
@@ -197,6 +206,7 @@ async def serve(
         await monitor.stop()
         if haproxy is not None:
             await haproxy.stop()
+        http.close()
         await runner.cleanup()
 
 

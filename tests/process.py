@@ -11,7 +11,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -86,10 +86,12 @@ def listening_url(line: str) -> str:
 
 @contextlib.asynccontextmanager
 async def exporter(
-    env: Mapping[str, str], *args: str, ready: bool = True
+    env: Mapping[str, str], *args: str, ready: bool = True, wrapper: Sequence[str] = ()
 ) -> AsyncIterator[ExporterProcess]:
-    """Start `python -m exporter [args]` with `env`; yields once it listens (and is ready)."""
+    """Start `[wrapper] python -m exporter [args]` with `env` (a wrapper such as `prlimit ...`);
+    yields once it listens (and is ready)."""
     proc = await asyncio.create_subprocess_exec(
+        *wrapper,
         *EXPORTER,
         *args,
         env=child_env(env),
