@@ -155,3 +155,20 @@ async def test_status_page_stops_polling_while_hidden():
             page, "() => document.querySelector('#connection').textContent.startsWith('live')"
         )
         assert len(requests) > seen
+
+
+async def test_demo_status_page_shows_the_haproxy_writer_and_its_banner_points_at_it():
+    async with exporter({"HEALTHCHECK_INTERVAL": "200ms"}, "demo") as proc, browser() as chromium:
+        banner = "\n".join(proc.log)
+        assert f"status page:   {proc.base_url}/" in banner
+        page = await chromium.new_page()  # type: ignore[attr-defined]
+        await page.goto(proc.base_url + "/")
+        await wait_until(page, "() => document.querySelectorAll('#integrations tr').length > 0")
+        integrations = await page.text_content("#integrations")
+        assert "HAProxy file" in integrations and "backends.cfg" in integrations
+        assert "writes" in integrations and "ok" in integrations
+        await wait_until(
+            page,
+            """() => document.querySelector('tr[data-id="api-dead"] .progress')
+                ?.textContent === 'DOWN'""",
+        )
