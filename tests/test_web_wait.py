@@ -14,10 +14,10 @@ import yaml
 
 from tests.certs import make_certificates
 from tests.haproxy_proc import Backend
-from tests.process import ExporterProcess, exporter, run_cli
-from tests.servers import target_server, unused_port
+from tests.process import EXPORTER, ExporterProcess, child_env, exporter, run_cli
+from tests.servers import Flip, target_server, unused_port
 
-FAST = {"HEALTHCHECK_INTERVAL": "200ms", "HEALTHCHECK_TIMEOUT": "1s", "HEALTHCHECK_RISE": "2"}
+FAST = {"HEALTHCHECK_INTERVAL": "200ms", "HEALTHCHECK_TIMEOUT": "5s", "HEALTHCHECK_RISE": "2"}
 
 
 def targets(app: str, *backends: Backend) -> str:
@@ -30,31 +30,37 @@ def targets(app: str, *backends: Backend) -> str:
 
 
 @contextlib.asynccontextmanager
-async def one_up_one_down() -> AsyncIterator[tuple[ExporterProcess, Backend]]:
-    """An exporter watching app `web`: web-1 alive, web-2 not (started by the test at will)."""
-    alive, dead = Backend("a"), Backend("b")
-    await alive.start()
-    try:
-        env = {**FAST, "HEALTHCHECK_TARGETS": targets("web", alive, dead)}
-        async with exporter(env) as proc:
-            yield proc, dead
-    finally:
-        await alive.kill()
-        await dead.kill()
+async def one_up_one_down() -> AsyncIterator[tuple[ExporterProcess, Flip]]:
+    """An exporter watching app `web`: web-1 up, web-2 answering 503 until the test flips it.
+    (One server holds its port throughout: a port left free for a "dead" backend can be taken
+    by another process on a shared machine.)"""
+    async with target_server() as srv:
+        srv.flip.healthy = False
+        entries = [
+            {"id": "web-1", "app": "web", "ip": "127.0.0.1", "port": srv.port},
+            {"id": "web-2", "app": "web", "ip": "127.0.0.1", "port": srv.port, "path": "/flip"},
+        ]
+        async with exporter({**FAST, "HEALTHCHECK_TARGETS": json.dumps(entries)}) as proc:
+            await proc.wait_for_log(r"target unhealthy.*web-2")  # DOWN, not just UP 1/3
+            yield proc, srv.flip
 
 
 async def test_wait_exits_0_once_every_target_is_up_with_a_line_per_change():
     async with one_up_one_down() as (proc, late):
-        waiting = asyncio.create_task(
-            run_cli("wait", "--app", "web", "--url", proc.base_url, "--timeout", "30s")
+        waiting = await asyncio.create_subprocess_exec(
+            *EXPORTER,
+            *("wait", "--app", "web", "--url", proc.base_url, "--timeout", "30s"),
+            env=child_env({}),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
-        await proc.wait_for_log(r"target unhealthy.*web-2")
-        await asyncio.sleep(0.5)  # wait has seen 1/2 up by now
-        await late.start()
-        code, out, err = await waiting
-    assert code == 0, (out, err)
-    lines = out.strip().splitlines()
-    assert "web: 1/2 up (web-2 DOWN: connection_refused)" in lines, lines
+        assert waiting.stdout is not None
+        first = await asyncio.wait_for(waiting.stdout.readline(), 30)
+        late.healthy = True  # only once `wait` has seen it down
+        rest, err = await asyncio.wait_for(waiting.communicate(), 60)
+    assert waiting.returncode == 0, (first, rest, err)
+    lines = [first.decode().strip(), *rest.decode().strip().splitlines()]
+    assert lines[0] == "web: 1/2 up (web-2 DOWN: http_status)", lines
     assert "web: 1/2 up (web-2 DOWN 1/2: ok)" in lines  # rise 2: one success so far
     assert re.fullmatch(r"web: 2/2 up after \d+\.\ds", lines[-1]), lines
     assert len(lines) == len(set(lines))  # one line per change, no repeats
@@ -67,7 +73,7 @@ async def test_wait_times_out_with_exit_1_naming_each_target_not_up():
         )
         assert code == 1, (out, err)
         assert "timed out after 1s: 1/2 up" in err
-        assert "web-2 DOWN: connection_refused" in err
+        assert "web-2 DOWN: http_status" in err
         # --min-up 1 is satisfied by the live one.
         code, out, _ = await run_cli(
             "wait", "--app", "web", "--url", proc.base_url, "--min-up", "1"
@@ -95,26 +101,24 @@ async def test_a_target_healthy_only_by_its_initial_state_does_not_count():
 
 
 async def test_check_now_does_not_wait_for_the_next_interval():
-    backend = Backend("a")
-    # After the first round, no check comes for an hour: only forced ones.
-    env = {
-        "HEALTHCHECK_INTERVAL": "1h",
-        "HEALTHCHECK_FALL": "1",
-        "HEALTHCHECK_RISE": "1",
-        "HEALTHCHECK_TARGETS": targets("web", backend),
-        "HEALTHCHECK_WEB_ENABLE_ADMIN_API": "true",
-    }
-    async with exporter(env) as proc:
-        await backend.start()  # the first round saw it down
-        try:
+    async with target_server() as srv:
+        srv.flip.healthy = False
+        # After the first round, no check comes for an hour: only forced ones.
+        env = {
+            "HEALTHCHECK_INTERVAL": "1h",
+            "HEALTHCHECK_FALL": "1",
+            "HEALTHCHECK_RISE": "1",
+            "HEALTHCHECK_TARGETS": f"web=127.0.0.1:{srv.port}/flip",
+            "HEALTHCHECK_WEB_ENABLE_ADMIN_API": "true",
+        }
+        async with exporter(env) as proc:
+            srv.flip.healthy = True  # the first round saw it down
             wait = ["wait", "--app", "web", "--url", proc.base_url, "--timeout", "1s"]
             code, out, err = await run_cli(*wait)
-            assert code == 1 and "web-1 DOWN: connection_refused" in err, (out, err)
+            assert code == 1 and "DOWN: http_status" in err, (out, err)
             code, out, err = await run_cli(*wait, "--check-now")
             assert code == 0, (out, err)
             assert re.fullmatch(r"web: 1/1 up after \d+\.\ds", out.strip())
-        finally:
-            await backend.kill()
 
 
 async def test_wait_usage_errors_are_exit_2_and_an_unreachable_exporter_is_exit_3():
