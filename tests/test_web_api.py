@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 
 from tests.process import ExporterProcess, exporter, value
-from tests.servers import target_server, unused_port
+from tests.servers import target_server
 
 FAST = {"HEALTHCHECK_INTERVAL": "100ms", "HEALTHCHECK_TIMEOUT": "1s", "HEALTHCHECK_FALL": "2"}
 # No scheduled check comes within half an interval of the first round: only forced ones count.
@@ -57,25 +57,32 @@ async def wait_for_target(
 
 async def test_targets_api_lists_each_target_with_its_state_and_a_summary_per_app():
     async with target_server() as srv:
-        dead = unused_port()
         entries = [
             {"id": "web-1", "app": "web", "ip": "127.0.0.1", "port": srv.port},
-            {"id": "web-2", "app": "web", "ip": "127.0.0.1", "port": dead},
+            {
+                "id": "web-2",
+                "app": "web",
+                "ip": "127.0.0.1",
+                "port": srv.port,
+                "path": "/status/503",
+            },
             {"id": "api-1", "app": "api", "ip": "127.0.0.1", "port": srv.port, "path": "/flip"},
         ]
         async with exporter({**FAST, "HEALTHCHECK_TARGETS": json.dumps(entries)}) as proc:
             down = await wait_for_target(proc, "web-2", "state", "unhealthy")
             assert down["progress"] == "DOWN" and down["checked"] is True
             assert down["consecutive_failures"] >= 2 and down["consecutive_successes"] == 0
-            assert down["last_check"]["reason"] == "connection_refused"
-            assert down["last_check"]["status_code"] is None
+            assert down["last_check"]["reason"] == "http_status"
+            assert down["last_check"]["status_code"] == 503
             assert down["last_check"]["error"]
             assert down["last_change"] >= down["last_check"]["time"] - 60
-            assert down["address"] == f"127.0.0.1:{dead}" and down["scheme"] == "http"
-            assert set(down["history"]) <= {"success", "connection_refused"}
+            assert down["address"] == f"127.0.0.1:{srv.port}" and down["scheme"] == "http"
+            assert down["path"] == "/status/503"
+            assert set(down["history"]) == {"http_status"}
             up = by_id(await get_data(proc, "/api/v1/targets"))["web-1"]
             assert (up["state"], up["progress"], up["last_change"]) == ("healthy", "UP", None)
             assert up["last_check"]["status_code"] == 200 and up["last_check"]["reason"] is None
+            assert up["history"][-1] == "success"
 
             data = await get_data(proc, "/api/v1/targets?app=web")
             assert sorted(by_id(data)) == ["web-1", "web-2"]
