@@ -40,8 +40,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # a volume mounted there starts owned by it, a place to write the HAProxy config file.
 USER 10001:10001
 EXPOSE 9898
-# /-/healthy with the image's own Python (no curl here), on the port of HEALTHCHECK_LISTEN_ADDRESS.
+# /-/healthy with the image's own Python (no curl here), on the port of HEALTHCHECK_LISTEN_ADDRESS;
+# over HTTPS (certificate not verified: it is our own) when a web config turns TLS on.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import http.client, os; port = int(os.environ.get('HEALTHCHECK_LISTEN_ADDRESS', ':9898').rpartition(':')[2]); conn = http.client.HTTPConnection('127.0.0.1', port, timeout=4); conn.request('GET', '/-/healthy'); raise SystemExit(conn.getresponse().status != 200)"]
+    CMD ["python", "-c", "import http.client, os, ssl\nport = int(os.environ.get('HEALTHCHECK_LISTEN_ADDRESS', ':9898').rpartition(':')[2])\ndef status(conn):\n    conn.request('GET', '/-/healthy')\n    return conn.getresponse().status\ntry:  # a web config may turn TLS on; /-/healthy needs no credentials or client certificate\n    tls = ssl._create_unverified_context()\n    code = status(http.client.HTTPSConnection('127.0.0.1', port, timeout=4, context=tls)) if os.environ.get('HEALTHCHECK_WEB_CONFIG_FILE') else 0\nexcept ssl.SSLError:\n    code = 0\nraise SystemExit((code or status(http.client.HTTPConnection('127.0.0.1', port, timeout=4))) != 200)\n"]
 ENTRYPOINT ["healthcheck-exporter"]
 CMD ["run"]

@@ -26,9 +26,17 @@ from exporter.service import (
     run_event_loop,
     serve,
     target_source,
+    web_security,
 )
-from exporter.settings import ConfigError, Settings, environment_variables, load_settings
+from exporter.settings import (
+    ConfigError,
+    Settings,
+    environment_variables,
+    load_settings,
+    parse_duration,
+)
 from exporter.sources.env import StaticSource
+from exporter.web.wait import WaitOptions, default_url, run_wait
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_CONFIG_ERROR = 0, 1, 2
 
@@ -41,7 +49,12 @@ COMMANDS = {
     "validate": "check the configuration (variables and targets) without starting; exit 2 if bad",
     "check": "check every target once now, print a table, exit 1 if any check failed",
     "demo": "start three local backends (healthy, flapping, dead) and the exporter watching them",
+    "wait": "wait until a running exporter sees an app's targets up (for deploy scripts)",
 }
+
+WAIT_EPILOG = """\
+exit status: 0 the targets are up, 1 timed out (stderr says which targets are not up
+and why), 2 usage error, 3 the exporter cannot be reached or refuses the credentials"""
 
 
 def _variables_help() -> str:
@@ -64,8 +77,50 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
     for name, text in COMMANDS.items():
-        sub.add_parser(name, help=text, description=text)
+        command = sub.add_parser(name, help=text, description=text)
+        if name == "wait":
+            _wait_arguments(command)
     return parser
+
+
+def _wait_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = WAIT_EPILOG
+    parser.add_argument("--app", required=True, help="the app whose targets to wait for")
+    parser.add_argument(
+        "--url",
+        help="the exporter's URL (default: from HEALTHCHECK_LISTEN_ADDRESS, https when"
+        " HEALTHCHECK_WEB_CONFIG_FILE turns TLS on)",
+    )
+    parser.add_argument(
+        "--timeout", default="60s", type=_duration, help="give up after this (default 60s)"
+    )
+    parser.add_argument(
+        "--min-up",
+        type=_at_least_one,
+        metavar="N",
+        help="enough when N targets are up (default: all of them)",
+    )
+    parser.add_argument(
+        "--check-now",
+        action="store_true",
+        help="check the app's targets at once (needs HEALTHCHECK_WEB_ENABLE_ADMIN_API=true)",
+    )
+    parser.add_argument("--username", help="basic auth user")
+    parser.add_argument("--password-file", type=Path, help="file holding the basic auth password")
+    parser.add_argument("--ca-file", type=Path, help="CA certificate to verify the exporter with")
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _at_least_one(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return int(text)
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
@@ -77,6 +132,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     try:
         if command == "demo":
             return _demo(env)
+        if command == "wait":
+            return _wait(args, env)
         settings = load_settings(env)
         if command == "validate":
             return _validate(settings)
@@ -127,6 +184,34 @@ def read_sources(settings: Settings) -> TargetSource:
     return source
 
 
+def _wait(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    url = args.url
+    if url is None:
+        settings = load_settings(env)
+        security = web_security(settings)
+        tls = security is not None and security.context is not None
+        url = default_url(settings.listen_address, tls)
+    password = None
+    if args.password_file is not None:
+        try:
+            password = args.password_file.read_text().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"--password-file: {args.password_file}: {err}") from None
+    if args.ca_file is not None and not args.ca_file.is_file():
+        raise ConfigError(f"--ca-file: {args.ca_file} is not a readable file")
+    options = WaitOptions(
+        app=args.app,
+        url=url,
+        timeout=args.timeout,
+        min_up=args.min_up,
+        check_now=args.check_now,
+        username=args.username,
+        password=password,
+        ca_file=args.ca_file,
+    )
+    return run_wait(options)
+
+
 def _validate(settings: Settings) -> int:
     source = read_sources(settings)
     targets = source.provider.get_health_check_targets()
@@ -137,6 +222,8 @@ def _validate(settings: Settings) -> int:
         print(f"source {each.name}: {len(found)} targets ({', '.join(names) or 'no apps'})")
     if settings.state_file is not None:
         check_replaceable_file("HEALTHCHECK_STATE_FILE", settings.state_file)
+
+    web_security(settings)
     apps = sorted({t.app_name for t in targets})
     cfg = settings.monitor_config()
     timing = "".join(

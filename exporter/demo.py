@@ -38,6 +38,8 @@ DEMO_ENV = {
     "HEALTHCHECK_INTERVAL": "2s",
     "HEALTHCHECK_TIMEOUT": "1s",
     "HEALTHCHECK_LISTEN_ADDRESS": "127.0.0.1:9898",
+    # Loopback only: the status page's neighbours, check-now and `wait --check-now`, can be tried.
+    "HEALTHCHECK_WEB_ENABLE_ADMIN_API": "true",
 }
 LOOPBACK = "127.0.0.1"
 # A self-signed certificate for 127.0.0.1 and localhost, valid for a century; demo only.
@@ -211,8 +213,12 @@ def print_banner(addresses: list[str], demo: Demo) -> None:
     control = demo.control_url
     lines = [
         "healthcheck-exporter demo: three local backends, checked every 2 s (fall 3, rise 2)",
+        f"  status page:   {base}/  (live: stop a backend below and watch its row)",
         f"  metrics:       {base}/metrics",
-        f"  landing page:  {base}/",
+        f"  JSON API:      {base}/api/v1/targets?state=unhealthy",
+        f"  check now:     curl -X POST -H 'Content-Type: application/json' -d '{{}}' "
+        f"{base}/api/v1/admin/check",
+        f"  deploy wait:   healthcheck-exporter wait --app web --url {base} --check-now",
         "  backends:",
         *(f"    {t.id:<13} {t.url}" for t in demo.targets),
         f"  web-flapping switches between 200 and 503 every {FLAP_PERIOD:g} s; api-dead refuses",

@@ -19,7 +19,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Collection, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -251,6 +251,16 @@ class HealthMonitor:
             self.refresh_targets()
             return
         await self._round()
+
+    async def check_targets(self, target_ids: Collection[str]) -> None:
+        """Check these targets now, bypassing the schedule, and return once each has a result.
+
+        Each result counts in the state machine like any scheduled one. Unknown ids are ignored;
+        a target whose check is already under way is not checked twice (that check counts).
+        A no-op when stopped or when checks are disabled.
+        """
+        if self._running and self.config.enabled:
+            await self._round(target_ids)
 
     def refresh_targets(self) -> None:
         """Ask the scheduler to re-read the provider now (e.g. the targets file changed)."""
@@ -541,11 +551,15 @@ class HealthMonitor:
 
     # -- checks ------------------------------------------------------------------------------
 
-    async def _round(self) -> None:
-        """Check every target once, through the queue, and wait for every result."""
+    async def _round(self, only: Collection[str] | None = None) -> None:
+        """Check every target (or those of `only`) once, through the queue, and wait for every
+        result."""
         assert self._loop is not None
-        self._sync_from_provider(self._loop.time())
-        ids = [target.id for target in self.tracker.get_all_targets()]
+        if only is None:
+            self._sync_from_provider(self._loop.time())
+            ids = [target.id for target in self.tracker.get_all_targets()]
+        else:
+            ids = [target_id for target_id in only if target_id in self.tracker]
         if not ids:
             return
         round_ = _Round(set(ids), self._loop.create_future())

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -35,6 +37,17 @@ from exporter.sources.union import SourceUnion
 from exporter.statefile import StateSaver
 from exporter.targets import parse_targets_env
 from exporter.web import make_app
+from exporter.web.api import ApiOptions
+from exporter.web.auth import Guard
+from exporter.web.config import WebConfig, load_web_config
+from exporter.web.server import (
+    HTTPServer,
+    connection_limit,
+    raise_open_files_limit,
+    runner_options,
+)
+from exporter.web.tls import WebConfigWatcher, server_context
+from exporter.web.views import Extensions
 
 logger = logging.getLogger("exporter")
 
@@ -145,6 +158,27 @@ def reload_targets(source: TargetSource, reason: str = "SIGHUP") -> None:
     source.union.refresh()
 
 
+RELOAD_REPORT_TIMEOUT = 10.0
+"""Seconds `POST /-/reload` waits for the targets file's re-read before answering."""
+
+
+async def reload_and_report(source: TargetSource) -> str | None:
+    """`POST /-/reload`: re-read every source, as SIGHUP does, and wait (bounded) for the
+    targets file's read to end, so that a bad file is answered as an error, as Prometheus's
+    own `/-/reload` does. Other sources report through their metrics."""
+    file = source.file
+    reads_before = 0 if file is None else file.reload_successes + file.health.failures
+    reload_targets(source, "POST /-/reload")
+    if file is None:
+        return None
+    deadline = time.monotonic() + RELOAD_REPORT_TIMEOUT
+    while file.reload_successes + file.health.failures == reads_before:
+        if time.monotonic() >= deadline:
+            return f"{file.path}: not re-read within {RELOAD_REPORT_TIMEOUT:g}s"
+        await asyncio.sleep(0.02)
+    return file.health.last_error
+
+
 # --- Docker source (issue 15) ---
 
 
@@ -243,6 +277,22 @@ def state_saver(settings: Settings, monitor: HealthMonitor) -> StateSaver | None
     return StateSaver(settings.state_file, monitor.tracker, logger)
 
 
+@dataclass
+class WebSecurity:
+    """HEALTHCHECK_WEB_CONFIG_FILE, loaded: its config and the TLS context (None: plain HTTP)."""
+
+    config: WebConfig
+    context: ssl.SSLContext | None
+
+
+def web_security(settings: Settings) -> WebSecurity | None:
+    """The web config, validated and its certificates loaded; raises ConfigError if unusable."""
+    if settings.web_config_file is None:
+        return None
+    config = load_web_config(settings.web_config_file)
+    return WebSecurity(config, None if config.tls is None else server_context(config.tls))
+
+
 def event_loop_name() -> str:
     loop = asyncio.get_running_loop()
     return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
@@ -259,6 +309,7 @@ async def serve(
     loop = asyncio.get_running_loop()
     # SIGHUP first: before, its default action would end the process (a slow first read).
     loop.add_signal_handler(signal.SIGHUP, reload_targets, source)
+    security = web_security(settings)  # before anything starts: a bad file is exit 2
     haproxy = haproxy_updater(settings) if updater is None else None
     agent_mode = settings.agent_listen_address is not None
     # In agent mode, health reaches HAProxy through the agent: the file follows membership only.
@@ -301,6 +352,13 @@ async def serve(
     agent_stats = agent.stats if agent is not None else None
     sources = source.union.sources
     saved = saver.stats if saver is not None else None
+    api_options = ApiOptions(
+        admin_api=settings.web_enable_admin_api,
+        lifecycle=settings.web_enable_lifecycle,
+        reload=lambda: reload_and_report(source),
+        extensions=status_extensions(source, haproxy),
+    )
+    guard = None if security is None else Guard(security.config)
     app = make_app(
         monitor,
         lambda: take_snapshot(
@@ -312,16 +370,26 @@ async def serve(
             sources=sources,
             state_file=saved,
         ),
+        api_options,
+        guard,
     )
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.5)
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None, shutdown_timeout=0.5, **runner_options()
+    )
     await runner.setup()
+    soft_fd_limit, _ = raise_open_files_limit()
+    http = HTTPServer(runner, connection_limit(soft_fd_limit))
     stop = asyncio.Event()
     follow: asyncio.Task[None] | None = None
     saving: asyncio.Task[None] | None = None
+    web_watch: asyncio.Task[None] | None = None
     try:
-        site = web.TCPSite(runner, settings.listen_host, settings.listen_port)
-        await site.start()
-        addresses = [_format_address(a) for a in runner.addresses]
+        context = None if security is None else security.context
+        await http.start(settings.listen_host, settings.listen_port, context)
+        if security is not None and guard is not None:
+            watcher = WebConfigWatcher(security.config, context, guard.apply, logger)
+            web_watch = loop.create_task(watcher.watch())
+        addresses = [_format_address(a) for a in http.addresses]
         if agent is not None:
             await _start_agent(agent, settings)
         if membership is not None:
@@ -342,6 +410,7 @@ async def serve(
             "listening",
             extra={
                 "address": ",".join(addresses),
+                "tls": context is not None,
                 "targets": total,
                 "event_loop": labels["event_loop"],
                 "version": labels["version"],
@@ -355,9 +424,10 @@ async def serve(
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await source.union.stop()
-        if follow is not None:
-            follow.cancel()
-            await asyncio.gather(follow, return_exceptions=True)
+        for task in (follow, web_watch):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if agent is not None:
             await agent.stop()
         await monitor.stop()
@@ -367,6 +437,7 @@ async def serve(
             await saver.save()  # the last state, for the next start
         if haproxy is not None:
             await haproxy.stop()
+        http.close()
         await runner.cleanup()
 
 
@@ -381,6 +452,38 @@ async def _start_agent(agent: AgentServer, settings: Settings) -> None:
             f" {err.strerror or err}"
         ) from None
     logger.info("agent ready", extra={"address": ",".join(bound)})
+
+
+def status_extensions(source: TargetSource, haproxy: HAProxyUpdater | None) -> Extensions:
+    """What the status page and /api/v1/status show of the integrations beside the checks."""
+
+    def haproxy_section() -> object:
+        if haproxy is None:
+            return None
+        stats = haproxy.stats
+        return {
+            "config": str(haproxy.options.config),
+            "reload_mode": haproxy.options.reload,
+            "writes": dict(stats.writes),
+            "check_failures": stats.check_failures,
+            "reloads": dict(stats.reloads),
+            "last_config_change": stats.last_config_change or None,
+            "last_reload_success": stats.last_reload_success or None,
+        }
+
+    def sources_section() -> object:
+        return [
+            {
+                "source": each.name,
+                "targets": each.health.targets,
+                "failures": each.health.failures,
+                "last_success": each.health.last_success_time or None,
+                "last_error": each.health.last_error,
+            }
+            for each in source.union.sources
+        ]
+
+    return Extensions(status_sections={"haproxy": haproxy_section, "sources": sources_section})
 
 
 def _format_address(address: object) -> str:

@@ -533,6 +533,21 @@ class Settings(BaseSettings):
     def initial_target_state(self) -> TargetState:
         return TargetState.UNHEALTHY if self.initial_state == "unhealthy" else TargetState.HEALTHY
 
+    # web (issue 14): TLS and basic auth, the admin API and the lifecycle endpoint.
+    web_config_file: Path | None = Field(
+        default=None,
+        description="Web configuration file (TLS, basic auth, headers) in the format of"
+        " Prometheus's exporter-toolkit --web.config.file; unset: plain HTTP, no auth.",
+    )
+    web_enable_admin_api: bool = Field(
+        default=False,
+        description="Enable POST /api/v1/admin/check (check targets now); else it answers 403.",
+    )
+    web_enable_lifecycle: bool = Field(
+        default=False,
+        description="Enable POST /-/reload (re-read the targets file, as SIGHUP); else 403.",
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -8,7 +8,7 @@ scrape time instead of being updated as thousands of labelled children on every 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from exporter.model import FailureReason, Result, Target, TargetState
@@ -101,6 +101,9 @@ class StateTracker:
         self._unhealthy = 0
         self._lock = threading.Lock()
         self.version = 0
+        # Called (under the lock, on whichever thread made the change) each time `version`
+        # grows; set only while someone long-polls, so nobody pays for it otherwise.
+        self.on_version: Callable[[], None] | None = None
 
     @property
     def fall(self) -> int:
@@ -154,7 +157,7 @@ class StateTracker:
                     self._unhealthy -= 1
             changes = TargetChanges(tuple(added), tuple(e.target for e in removed), tuple(updated))
             if changes:
-                self.version += 1
+                self._bump_version()
         return changes
 
     def record_result(self, result: Result) -> bool:
@@ -178,7 +181,7 @@ class StateTracker:
             if flipped:
                 entry.last_change = result.checked_at
             if flipped or (entry.progress, entry.checked) != before:
-                self.version += 1
+                self._bump_version()
             return flipped
 
     def restore(
@@ -204,8 +207,13 @@ class StateTracker:
             entry.consecutive_successes = max(consecutive_successes, 0)
             entry.last_change = last_change
             entry.checked = True
-            self.version += 1
+            self._bump_version()
             return True
+
+    def _bump_version(self) -> None:
+        self.version += 1
+        if self.on_version is not None:
+            self.on_version()
 
     def _count(self, entry: TargetEntry, result: Result) -> bool:
         """Move the streaks by one result; True if the state flipped."""

@@ -18,6 +18,7 @@ declare -A APT_FOR=(
     [debootstrap]=debootstrap
     [docker-compose]=docker-compose
     [dnsmasq]=dnsmasq-base
+    [chromium]=chromium
 )
 
 install_debian_packages() {
