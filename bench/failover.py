@@ -7,12 +7,19 @@ until its agent answers: how long a dead server is back in rotation, and the req
 For each mode (signal, master-socket, command, runtime-api) it starts a real HAProxy
 (master-worker), three backends and the exporter (as a user would: env vars, subprocess), sends
 requests through HAProxy without pause, kills one backend and brings it back `--kills` times, and
-reports: time from the kill to the eviction (compare with fall x interval), requests that failed
-before and after the eviction, and reloads performed. Loopback only; bounded in time.
+reports: time from the kill to the eviction (compare with the bound, interval + (fall - 1) x
+fastinter, which is fall x interval without fastinter), requests that failed before and after the
+eviction, and reloads performed. Loopback only; bounded in time.
 
     .venv/bin/python -m bench.failover [--kills 10] [--interval 500ms] [--fall 3] [--rise 2]
+                                       [--fastinter 100ms] [--spread] [--modes runtime-api]
+                                       [--output NAME]
 
-Writes the table to stdout and JSON to bench/results/failover.json.
+`--spread` waits a random time, up to one interval, before each kill: without it every kill comes
+right after the backend's revival, at the same point of its check slot, so the figures show one
+case again and again rather than the spread over all of them.
+
+Writes the table to stdout and JSON to bench/results/failover.json (or NAME.json).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import signal
 import statistics
 import tempfile
@@ -49,29 +57,50 @@ RESULTS = Path(__file__).parent / "results" / "failover.json"
 RELOADS = 5  # HAProxy reloads with a dead server, in mode agent
 
 
-def checks_env(interval: str, fall: int, rise: int, targets: Sequence[Backend]) -> dict[str, str]:
+def checks_env(
+    interval: str, fall: int, rise: int, targets: Sequence[Backend], fastinter: str | None = None
+) -> dict[str, str]:
     return {
         "HEALTHCHECK_INTERVAL": interval,
         "HEALTHCHECK_TIMEOUT": "1s",
         "HEALTHCHECK_FALL": str(fall),
         "HEALTHCHECK_RISE": str(rise),
+        **({"HEALTHCHECK_FASTINTER": fastinter} if fastinter else {}),
         "HEALTHCHECK_TARGETS": ", ".join(b.target for b in targets),
     }
 
 
+def eviction_bound(interval: float, fall: int, fastinter: float | None) -> float:
+    """The latest a refused backend is evicted after its death: its next slot, then the other
+    fall - 1 checks at fastinter (the interval without it)."""
+    return interval + (fall - 1) * (interval if fastinter is None else fastinter)
+
+
 async def measure(
-    mode: str, kills: int, interval: str, fall: int, rise: int, agent_inter: str
+    mode: str,
+    kills: int,
+    interval: str,
+    fall: int,
+    rise: int,
+    agent_inter: str,
+    fastinter: str | None = None,
+    spread: bool = False,
 ) -> dict[str, object]:
     if mode == "agent":
         return await measure_agent(kills, interval, fall, rise, agent_inter)
     with tempfile.TemporaryDirectory(prefix=f"failover-{mode}-") as tmp:
         async with backends() as (b0, b1, b2), haproxy(Path(tmp)) as hx:
-            env = {**reload_env(mode, hx), **checks_env(interval, fall, rise, (b0, b1, b2))}
+            env = {
+                **reload_env(mode, hx),
+                **checks_env(interval, fall, rise, (b0, b1, b2), fastinter),
+            }
             async with exporter(env) as proc:
                 await hx.wait_for_servers(lambda s: len(s) == 3, 30)
                 windows: list[tuple[float, float]] = []
                 async with load(hx.url) as client:
                     for _ in range(kills):
+                        if spread:
+                            await asyncio.sleep(random.uniform(0, parse_duration(interval)))
                         killed = time.monotonic()
                         await b1.kill()
                         await hx.wait_for_servers(lambda s: not in_rotation(s, b1.server), 60)
@@ -85,7 +114,11 @@ async def measure(
     return {
         "mode": mode,
         "kills": kills,
-        "expected_s": parse_duration(interval) * fall,
+        "interval_s": parse_duration(interval),
+        "fastinter_s": parse_duration(fastinter) if fastinter else None,
+        "expected_s": eviction_bound(
+            parse_duration(interval), fall, parse_duration(fastinter) if fastinter else None
+        ),
         "eviction_median_s": statistics.median(evictions),
         "eviction_max_s": max(evictions),
         "requests": len(client.results),
@@ -162,6 +195,8 @@ async def measure_agent(
     return {
         "mode": "agent",
         "kills": kills,
+        "interval_s": parse_duration(interval),
+        "fastinter_s": None,
         "expected_s": parse_duration(interval) * fall + inter,
         "eviction_median_s": statistics.median(evictions),
         "eviction_max_s": max(evictions),
@@ -181,18 +216,23 @@ async def measure_agent(
 
 def table(rows: list[dict[str, object]]) -> str:
     header = (
-        f"{'mode':<14}{'fall x interval':>16}{'eviction p50':>14}{'max':>8}"
+        f"{'mode':<14}{'interval':>9}{'fastinter':>10}{'bound':>8}{'eviction p50':>14}{'max':>8}"
         f"{'requests':>10}{'failed before':>15}{'failed after':>14}{'reloads':>9}"
         f"{'runtime cmds':>14}"
     )
     lines = [header]
     for r in rows:
         lines.append(
-            f"{r['mode']:<14}{r['expected_s']:>15.2f}s{r['eviction_median_s']:>13.3f}s"
+            f"{r['mode']:<14}{_seconds(r.get('interval_s')):>9}{_seconds(r.get('fastinter_s')):>10}"
+            f"{r['expected_s']:>7.2f}s{r['eviction_median_s']:>13.3f}s"
             f"{r['eviction_max_s']:>7.3f}s{r['requests']:>10}{r['failed_before_eviction']:>15}"
             f"{r['failed_after_eviction']:>14}{r['reloads']:>9.0f}{r['runtime_commands']:>14.0f}"
         )
     return "\n".join(lines)
+
+
+def _seconds(value: object) -> str:
+    return f"{value:.2f}s" if isinstance(value, float) else "-"
 
 
 async def main() -> None:
@@ -201,15 +241,27 @@ async def main() -> None:
     parser.add_argument("--interval", default="500ms")
     parser.add_argument("--fall", type=int, default=3)
     parser.add_argument("--rise", type=int, default=2)
+    parser.add_argument("--fastinter", default=None, help="HEALTHCHECK_FASTINTER (default unset)")
+    parser.add_argument("--spread", action="store_true", help="kill at random slot phases")
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--agent-inter", default="1s")
+    parser.add_argument("--output", default="failover", help="name of the JSON file in results/")
     args = parser.parse_args()
     if haproxy_binary() is None:
         raise SystemExit("haproxy is not installed (bash scripts/test.sh installs it)")
     rows = []
     for mode in args.modes.split(","):
         rows.append(
-            await measure(mode, args.kills, args.interval, args.fall, args.rise, args.agent_inter)
+            await measure(
+                mode,
+                args.kills,
+                args.interval,
+                args.fall,
+                args.rise,
+                args.agent_inter,
+                args.fastinter,
+                args.spread,
+            )
         )
         print(f"{mode}: done", flush=True)
     print(table(rows))
@@ -222,17 +274,18 @@ async def main() -> None:
                 f"(agent-inter {row['agent_inter_s']:g}s); {row['failed_after_reload']} "
                 "requests failed"
             )
-    RESULTS.parent.mkdir(exist_ok=True)
+    results = RESULTS.with_name(f"{args.output}.json")
+    results.parent.mkdir(exist_ok=True)
     # Keep the rows of modes not measured this time (with the arguments they were taken with).
-    earlier = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"results": []}
+    earlier = json.loads(results.read_text()) if results.exists() else {"results": []}
     measured = {r["mode"] for r in rows}
     rows = [
         r | {"args": r.get("args", earlier.get("args", {}))}
         for r in earlier["results"]
         if r["mode"] not in measured
     ] + [r | {"args": vars(args)} for r in rows]
-    RESULTS.write_text(json.dumps({"results": rows}, indent=2) + "\n")
-    print(f"written to {RESULTS}")
+    results.write_text(json.dumps({"results": rows}, indent=2) + "\n")
+    print(f"written to {results}")
 
 
 if __name__ == "__main__":
