@@ -15,6 +15,7 @@ from pathlib import Path
 from exporter import __version__
 from exporter.checks import HTTPChecker
 from exporter.checks.options import describe_options
+from exporter.checks.tls import tls_context_for
 from exporter.demo import DEMO_ENV, demo_backends, print_banner
 from exporter.logs import configure_logging
 from exporter.model import DEFAULT_CHECK_OPTIONS, Result, Target
@@ -34,6 +35,7 @@ from exporter.settings import (
     environment_variables,
     load_settings,
     parse_duration,
+    quoted,
 )
 from exporter.sources.env import StaticSource
 from exporter.web.wait import WaitOptions, default_url, run_wait
@@ -216,6 +218,7 @@ def _validate(settings: Settings) -> int:
     source = read_sources(settings)
     targets = source.provider.get_health_check_targets()
     haproxy_updater(settings)
+    check_tls_files(targets)
     for each in source.union.sources:
         found = each.get_health_check_targets()
         names = sorted({t.app_name for t in found})
@@ -239,6 +242,19 @@ def _validate(settings: Settings) -> int:
     )
     print(format_options(targets))
     return EXIT_OK
+
+
+def check_tls_files(targets: Sequence[Target]) -> None:
+    """Load the CA bundle and client certificate of every https target, as its checks will:
+    a file that is no PEM, or a key that does not match its certificate, is a ConfigError
+    naming the target and the key (parsing only checked that the files can be read)."""
+    for target in targets:
+        if target.options.scheme != "https":
+            continue
+        try:
+            tls_context_for(target.options)
+        except ValueError as exc:
+            raise ConfigError(f"target {quoted(target.id)}: {exc}") from None
 
 
 def format_options(targets: Sequence[Target]) -> str:

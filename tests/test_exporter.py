@@ -472,6 +472,19 @@ async def test_bad_check_option_exits_2_naming_it(env: dict[str, str], words: st
         assert len(lines) == 1 and words in lines[0], (command, err)
 
 
+async def test_validate_loads_tls_files_and_names_target_and_key(tmp_path: Path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not a certificate\n")
+    target = {"app": "web", "ip": "10.0.0.5", "port": 8443, "scheme": "https"}
+    targets = [target | {"tls_ca_file": str(ca)}]
+    code, _, err = await run_cli("validate", env={"HEALTHCHECK_TARGETS": json.dumps(targets)})
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"healthcheck-exporter: error: target 'web-10.0.0.5-8443': tls_ca_file: {ca}"
+    ), err
+
+
 async def test_check_table_shows_each_targets_options():
     async with target_server() as srv:
         targets = [
