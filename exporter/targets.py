@@ -278,7 +278,9 @@ def _group_fields(
             raise ValueError(
                 f"label 'id' needs exactly one target in the group, got {len(addresses)}"
             )
-    given = {str(key): value for key, value in labels.items() if key in LABEL_KEYS}
+    given = {  # null means not set, as in a target object
+        str(key): value for key, value in labels.items() if key in LABEL_KEYS and value is not None
+    }
     try:
         options = _target_options(given, defaults or {}, path_given=labels.get("path") is not None)
     except ValueError as exc:

@@ -432,12 +432,11 @@ def test_file_sd_labels_carry_the_scalar_options() -> None:
         "method": "HEAD",
         "host": "shop.example.com",
         "expect_status": "200,204",
-        "expect_body": None,
+        "expect_body": None,  # null: not set
         "tls_server_name": "shop.example.com",
         "tls_insecure_skip_verify": "true",
         "env": "prod",  # other labels stay ignored
     }
-    del labels["expect_body"]
     [a, b] = parse_targets_document(
         [{"targets": ["10.0.0.5:8443", "10.0.0.6:8443"], "labels": labels}], "sd.yml"
     )
