@@ -42,7 +42,6 @@ _NAME = re.compile(r"[A-Za-z0-9._:-]{1,253}")
 _PATH_MAX_LENGTH = 1024
 _PATH = re.compile(r"/[\x21-\x7e]*")
 _OBJECT_KEYS = ("app", "id", "ip", "path", "port")
-_GROUP_LABELS = ("app", "id", "path")  # file_sd labels that are target fields, not options
 _DEFAULT_PORTS = {"http": "80", "https": "443"}  # when a compact entry names its scheme
 _GROUP_KEYS = ("labels", "targets")
 _COMPACT_SEPARATORS = re.compile(r"[\s,]+")
