@@ -571,3 +571,14 @@ async def test_a_changed_interval_in_the_target_list_takes_effect():
         monitor.refresh_targets()
         await wait_for(lambda: srv.hits["a"] >= 20, 10, "20 checks at the new interval")
         await monitor.stop()
+
+
+async def test_targets_at_the_exporter_wide_timing_take_no_per_target_path():
+    """The plain path's promise: nothing per-target is kept (so nothing is looked up per check)
+    for targets whose timing is the exporter-wide one, even when they spell it out."""
+    async with target_server() as srv:
+        same = timed(srv.target("/t/same"), interval=0.5, fastinter=0.5, downinter=0.5)
+        monitor = started(Config(interval=0.5, timeout=1.0), [srv.target("/t/plain"), same])
+        await wait_for(lambda: srv.hits["same"] >= 2, 5, "a scheduled check")
+        assert (monitor._periods, monitor._timings) == ({}, {})
+        await monitor.stop()
