@@ -22,7 +22,7 @@ from exporter import __version__
 from exporter.checks import HTTPChecker
 from exporter.checks import engine as checker_module
 from exporter.checks.http import MAX_HEADER_BYTES, ResponseHead
-from exporter.model import FailureReason, Result, RetryConfig, Target
+from exporter.model import CheckOptions, FailureReason, Result, RetryConfig, Target
 from tests.servers import (
     LOOPBACK,
     RawMode,
@@ -864,3 +864,61 @@ def test_200_checks_of_every_outcome_leak_no_file_descriptors(
         monkeypatch.setattr(checker_module, "REACTOR", checker_module._Reactor)
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         runner.run(check_every_outcome(200))
+
+
+# --- several addresses: a black hole first in line ------------------------------------------
+
+
+@contextlib.contextmanager
+def black_hole(host: str, port: int) -> Iterator[None]:
+    """`host`:`port` where SYNs go unanswered: a listener that never accepts, its backlog
+    filled, so the kernel drops further connection attempts (as a dead route would)."""
+    with socket.socket() as listener:
+        listener.bind((host, port))
+        listener.listen(0)
+        fillers = [socket.socket() for _ in range(4)]
+        try:
+            for filler in fillers:
+                filler.setblocking(False)
+                filler.connect_ex((host, port))
+            yield
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+def resolve_to(monkeypatch: pytest.MonkeyPatch, *hosts: str) -> None:
+    """Make the running loop resolve every name to `hosts`, in order (IPv4 only)."""
+
+    async def getaddrinfo(_: object, port: int, **__: object) -> list[Any]:
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (h, port)) for h in hosts]
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", getaddrinfo)
+
+
+@pytest.mark.parametrize("scheme", ["http", "tcp"])
+async def test_a_black_hole_first_in_line_leaves_time_for_the_next_address(
+    monkeypatch: pytest.MonkeyPatch, scheme: str
+) -> None:
+    """Issue 13 defect 12: the name's first address never answers; the check still reaches the
+    second one within the timeout (each address gets its share of the time left)."""
+    async with raw_server("reply", reply=b"HTTP/1.1 200 OK\r\n\r\n", host="127.0.0.3") as srv:
+        resolve_to(monkeypatch, "127.0.0.2", "127.0.0.3")
+        options = CheckOptions(scheme=scheme)
+        target = Target(id="dual", ip="dual-stack.test", port=str(srv.port), options=options)
+        with black_hole("127.0.0.2", srv.port):
+            result = await HTTPChecker(timeout=1.0).check(target)
+    assert result.healthy, result.error
+
+
+async def test_a_name_whose_every_address_is_a_black_hole_times_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    port = unused_port("127.0.0.2")
+    resolve_to(monkeypatch, "127.0.0.2", "127.0.0.2")
+    with black_hole("127.0.0.2", port):
+        result = await HTTPChecker(timeout=0.4).check(Target("t", ip="x.test", port=str(port)))
+    assert (result.reason, result.error) == (
+        FailureReason.TIMEOUT,
+        "request failed: timed out after 0.4s",
+    )

@@ -361,7 +361,8 @@ class Probe:
         self._addresses: list[tuple[int, tuple[object, ...]]] = []  # resolved, not tried yet
         self._first_failure: Exception | None = None
         self._failure: Exception | None = None
-        self._resolver: asyncio.Task[None] | None = None
+        # The name's look-up, then the timer of an address attempt that leaves others to try.
+        self._resolver: asyncio.Task[None] | asyncio.TimerHandle | None = None
         self._delivery: asyncio.Handle | None = None
         self._starting = True
         self.finished = False
@@ -437,7 +438,22 @@ class Probe:
             self._fail(self._first_failure or os_error(errno.EHOSTUNREACH))
             return
         family, address = self._addresses.pop(0)
+        if self._addresses:
+            # Other addresses remain: this one gets its share of the time left, so that a black
+            # hole first in line (a dead IPv6 route, say) leaves time for the next address.
+            remaining = self._deadline() - time.perf_counter()
+            share = max(remaining / (len(self._addresses) + 1), 0.001)
+            self._resolver = self._reactor.loop.call_later(share, self._attempt_expired)
         self._connect(family, address)
+
+    def _attempt_expired(self) -> None:
+        self._resolver = None
+        if not self._connected and not self.finished:
+            self._connect_failed(TimeoutError())
+
+    def _deadline(self) -> float:
+        """When the check times out, on the `time.perf_counter()` clock."""
+        return self._started + self._checker.timeout
 
     def _connect(self, family: int, address: tuple[object, ...]) -> None:
         try:
@@ -583,6 +599,9 @@ class OptionsProbe(Probe):
     @property
     def _timeout(self) -> float:
         return self._target.options.timeout or self._checker.timeout
+
+    def _deadline(self) -> float:
+        return self._started + self._timeout
 
     def _request(self) -> bytes:
         target = self._target
