@@ -36,6 +36,7 @@ from exporter.checks.http import (
     status_error,
     status_expected,
 )
+from exporter.checks.resolver import RESOLVER
 from exporter.model import (
     DEFAULT_CHECK_OPTIONS,
     FailureReason,
@@ -422,15 +423,16 @@ class Probe:
         return plain_request(target, self._checker._request_tail)
 
     async def _resolve(self, host: str, port: int) -> None:
-        """Resolve a name afresh for each check, as Go's dialer does, then try its addresses."""
+        """Resolve a name afresh for each check, as Go's dialer does, then try its addresses.
+        The look-up shares no thread pool with other names (see `exporter.checks.resolver`)."""
         try:
-            infos = await self._reactor.loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            addresses = await RESOLVER.resolve(host, port)
         except Exception as exc:  # gaierror, or UnicodeError for a name IDNA cannot encode
             self._resolver = None
             self._fail(exc)
             return
         self._resolver = None
-        self._addresses = [(info[0], info[4]) for info in infos]
+        self._addresses = addresses
         self._connect_next()
 
     def _connect_next(self) -> None:
