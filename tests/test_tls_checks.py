@@ -177,6 +177,21 @@ async def test_min_version_tls13_refuses_a_tls12_server(
     assert refused.error.startswith("request failed: tls: protocol version ("), refused.error
 
 
+async def test_a_body_ended_by_close_notify_on_an_open_connection_is_complete(
+    certs: Certificates,
+) -> None:
+    """The server ends a body without a length by its close_notify and keeps the TCP
+    connection open (for 5 s): the body is complete then, not when the timeout strikes."""
+    checker = HTTPChecker(timeout=3.0)
+    context = certs.server_context("good")
+    with blocking_tls_server(context, b"HTTP/1.0 200 OK\r\n\r\nready until close") as port:
+        options = CheckOptions(
+            scheme="https", tls_ca_file=certs.path("ca.pem"), expect_body="close$"
+        )
+        result = await checker.check(Target("t", ip=LOOPBACK, port=str(port), options=options))
+    assert result.healthy, result.error
+
+
 # --- resumption ---------------------------------------------------------------------------
 
 

@@ -613,9 +613,13 @@ class OptionsProbe(Probe):
         return build_request(target, target.options, __version__)
 
     def _receive(self) -> None:
-        data = self._read()
-        if data is None:
-            return
+        while (data := self._read()) is not None:
+            self._take(data)
+            if self.finished or not self._more_buffered():
+                return
+
+    def _take(self, data: bytes) -> None:
+        """Feed what the peer sent (b"": its end) to the head, then to the body reader."""
         body = self._body
         if body is not None:
             if body.feed(data) if data else body.close():
@@ -627,6 +631,11 @@ class OptionsProbe(Probe):
             body = self._body = self._body_reader()
             if body is None or body.feed(self._head.data[self._head.end :]):
                 self._finish()
+
+    def _more_buffered(self) -> bool:
+        """Whether `_read` has more without the socket becoming readable again (a TLS layer
+        that saw the peer's close_notify); a plain socket is simply watched again."""
+        return False
 
     def _read(self) -> bytes | None:
         """What the peer sent next (b"" at its end), or None: nothing yet, or failed."""

@@ -249,6 +249,7 @@ class TlsProbe(OptionsProbe):
     _resumed: bool | None = None
     _eof = False
     _answered = False  # some response bytes came through the TLS layer
+    _eof_due = False  # the peer's close_notify came with the last data: its end is next
 
     def _request(self) -> bytes:
         target = self._target
@@ -330,7 +331,13 @@ class TlsProbe(OptionsProbe):
             return
         super()._connect_failed(exc)
 
+    def _more_buffered(self) -> bool:
+        return self._eof_due
+
     def _read(self) -> bytes | None:
+        if self._eof_due:  # the end of the data, already seen by the TLS layer
+            self._eof_due = False
+            return b""
         raw = super()._read()
         if raw is None or self.finished:
             return None
@@ -357,7 +364,8 @@ class TlsProbe(OptionsProbe):
         try:
             while True:
                 chunk = tls.read(65536)
-                if not chunk:
+                if not chunk:  # the peer's close_notify (a bare end raises SSLEOFError)
+                    self._eof = True
                     break
                 chunks.append(chunk)
         except ssl.SSLWantReadError:
@@ -375,6 +383,9 @@ class TlsProbe(OptionsProbe):
             self._send()
         if chunks:
             self._answered = True
+            # The peer may keep the connection open after its close_notify: nothing would wake
+            # the probe again, so the end is delivered right after these bytes.
+            self._eof_due = self._eof
             return b"".join(chunks)
         if self._eof and not self._answered:
             self._fail(_CLOSED_AFTER_HANDSHAKE)
