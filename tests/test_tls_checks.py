@@ -207,6 +207,22 @@ async def test_later_checks_resume_the_session(
     assert all(r.tls_not_after == certs.not_after("good") for r in results)
 
 
+@pytest.mark.parametrize(
+    ("version", "resumed"),
+    [(ssl.TLSVersion.TLSv1_2, [True, True]), (ssl.TLSVersion.TLSv1_3, [False, True])],
+)
+async def test_a_tls12_session_serves_checks_at_once_and_a_tls13_ticket_is_used_once(
+    certs: Certificates, checker: HTTPChecker, version: ssl.TLSVersion, resumed: list[bool]
+) -> None:
+    async with tls_server(certs.server_context("good", versions=(version, version))) as srv:
+        target = srv.target(**trusting(certs))
+        assert (await checker.check(target)).tls_resumed is False
+        results = await asyncio.gather(checker.check(target), checker.check(target))
+    assert all(r.healthy for r in results)
+    assert sorted(bool(r.tls_resumed) for r in results) == resumed
+    assert all(r.tls_not_after == certs.not_after("good") for r in results)
+
+
 async def test_a_server_refusing_resumption_still_works(
     certs: Certificates, checker: HTTPChecker
 ) -> None:
