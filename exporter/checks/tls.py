@@ -4,10 +4,11 @@ The TLS layer is an `ssl.SSLObject` over two memory BIOs, so the engine keeps it
 socket and epoll registration and only pumps bytes. Facts this relies on (REFERENCE.md, "TLS
 checks"): a context costs ~15 ms to build, so there is one per TLS profile; a session belongs to
 its context, so sessions are kept per (context, SNI, address); a TLS 1.3 ticket arrives after the
-handshake and is used once (a TLS 1.2 session serves any number of connections); OpenSSL resumes TLS 1.3 with a fresh key exchange unless
-`SSL_OP_ALLOW_NO_DHE_KEX` is set; a failed verification aborts the handshake before the
-certificate can be read, so the leaf of an unverifiable server is read over a second, unverified
-handshake (its expiry is what users want most then).
+handshake and is used once (a TLS 1.2 session serves any number of connections); OpenSSL resumes
+TLS 1.3 with a fresh key exchange unless `SSL_OP_ALLOW_NO_DHE_KEX` is set (on both sides: an
+OpenSSL 3.0 server still picks the exchange); a failed verification aborts the handshake before
+the certificate can be read, so the leaf of an unverifiable server is read over a second,
+unverified handshake (its expiry is what users want most then).
 """
 
 from __future__ import annotations
