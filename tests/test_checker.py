@@ -11,7 +11,9 @@ import math
 import os
 import socket
 import sys
+import threading
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -21,8 +23,9 @@ import uvloop
 from exporter import __version__
 from exporter.checks import HTTPChecker
 from exporter.checks import engine as checker_module
+from exporter.checks import resolver as resolver_module
 from exporter.checks.http import MAX_HEADER_BYTES, ResponseHead
-from exporter.model import FailureReason, Result, RetryConfig, Target
+from exporter.model import CheckOptions, FailureReason, Result, RetryConfig, Target
 from tests.servers import (
     LOOPBACK,
     RawMode,
@@ -357,15 +360,16 @@ async def test_connection_refused(checker: HTTPChecker) -> None:
 
 
 def resolve_to_both_loopbacks(monkeypatch: pytest.MonkeyPatch, port: int) -> None:
-    """Make the running (asyncio) loop resolve every name to `::1` and then `127.0.0.1`."""
+    """Make the checks' resolver answer every name with `::1` and then `127.0.0.1`."""
+    del port  # the resolver puts the target's port in each address
 
-    async def getaddrinfo(*_: object, **__: object) -> list[Any]:
+    def getaddrinfo(_: str) -> list[Any]:
         return [
-            (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", port, 0, 0)),
-            (socket.AF_INET, socket.SOCK_STREAM, 6, "", (LOOPBACK, port)),
+            (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", 0, 0, 0)),
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", (LOOPBACK, 0)),
         ]
 
-    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(resolver_module, "getaddrinfo", getaddrinfo)
 
 
 @needs_ipv6
@@ -864,3 +868,142 @@ def test_200_checks_of_every_outcome_leak_no_file_descriptors(
         monkeypatch.setattr(checker_module, "REACTOR", checker_module._Reactor)
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         runner.run(check_every_outcome(200))
+
+
+# --- several addresses: a black hole first in line ------------------------------------------
+
+
+@contextlib.contextmanager
+def black_hole(host: str, port: int) -> Iterator[None]:
+    """`host`:`port` where SYNs go unanswered: a listener that never accepts, its backlog
+    filled, so the kernel drops further connection attempts (as a dead route would)."""
+    with socket.socket() as listener:
+        listener.bind((host, port))
+        listener.listen(0)
+        fillers = [socket.socket() for _ in range(4)]
+        try:
+            for filler in fillers:
+                filler.setblocking(False)
+                filler.connect_ex((host, port))
+            yield
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+def resolve_to(monkeypatch: pytest.MonkeyPatch, *hosts: str) -> None:
+    """Make the checks' resolver answer every name with `hosts`, in order (IPv4 only)."""
+
+    def getaddrinfo(_: str) -> list[Any]:
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (h, 0)) for h in hosts]
+
+    monkeypatch.setattr(resolver_module, "getaddrinfo", getaddrinfo)
+
+
+@pytest.mark.parametrize("scheme", ["http", "tcp"])
+async def test_a_black_hole_first_in_line_leaves_time_for_the_next_address(
+    monkeypatch: pytest.MonkeyPatch, scheme: str
+) -> None:
+    """Issue 13 defect 12: the name's first address never answers; the check still reaches the
+    second one within the timeout (each address gets its share of the time left)."""
+    async with raw_server("reply", reply=b"HTTP/1.1 200 OK\r\n\r\n", host="127.0.0.3") as srv:
+        resolve_to(monkeypatch, "127.0.0.2", "127.0.0.3")
+        options = CheckOptions(scheme=scheme)
+        target = Target(id="dual", ip="dual-stack.test", port=str(srv.port), options=options)
+        with black_hole("127.0.0.2", srv.port):
+            result = await HTTPChecker(timeout=1.0).check(target)
+    assert result.healthy, result.error
+
+
+async def test_a_name_whose_every_address_is_a_black_hole_times_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    port = unused_port("127.0.0.2")
+    resolve_to(monkeypatch, "127.0.0.2", "127.0.0.2")
+    with black_hole("127.0.0.2", port):
+        result = await HTTPChecker(timeout=0.4).check(Target("t", ip="x.test", port=str(port)))
+    assert (result.reason, result.error) == (
+        FailureReason.TIMEOUT,
+        "request failed: timed out after 0.4s",
+    )
+
+
+# --- names whose resolver never answers -----------------------------------------------------
+
+
+class SilentResolver:
+    """Stands in for `socket.getaddrinfo`: names starting `dead-` never get an answer (until
+    `release`), as with a DNS server that drops queries; any other name is 127.0.0.1.
+    glibc reads its servers from /etc/resolv.conf only, so no real server can play this part
+    for one test alone."""
+
+    def __init__(self) -> None:
+        self.released = threading.Event()
+        self.calls: Counter[str] = Counter()
+
+    def __call__(self, host: str, port: object, *args: object, **kwargs: object) -> list[Any]:
+        self.calls[host] += 1
+        if host.startswith("dead-"):
+            self.released.wait()
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (LOOPBACK, port or 0))]
+
+
+async def test_names_that_never_resolve_never_delay_another_name(server: TargetServer) -> None:
+    """Issue 13 defect 1: eight names whose look-ups hang, checked round after round, never
+    hold up a healthy name's check; each hung name costs one look-up, not one per round."""
+    silent = SilentResolver()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket, "getaddrinfo", silent)
+        checker = HTTPChecker(timeout=0.3)
+        dead = [Target(f"dead-{i}", ip=f"dead-{i}.test", port="80") for i in range(8)]
+        good = Target("good", ip="good.test", port=str(server.port))
+        try:
+            for _ in range(3):
+                results = await asyncio.gather(*(checker.check(t) for t in [*dead, good]))
+                assert [r.reason for r in results[:-1]] == [FailureReason.TIMEOUT] * 8
+                assert results[-1].healthy, results[-1].error
+        finally:
+            silent.released.set()
+    assert all(silent.calls[f"dead-{i}.test"] == 1 for i in range(8)), silent.calls
+
+
+SILENT_EXIT = """
+import asyncio, socket, sys, threading
+from exporter.checks import HTTPChecker
+from exporter.model import Target
+
+def never(*_a, **_k):
+    threading.Event().wait()
+
+socket.getaddrinfo = never
+
+async def main():
+    checker = HTTPChecker(timeout=0.2)
+    await asyncio.gather(*(checker.check(Target(str(i), ip=f"dead-{i}.test", port="80"))
+                           for i in range(8)))
+
+if sys.argv[1] == "uvloop":
+    import uvloop
+    uvloop.run(main())
+else:
+    asyncio.run(main())
+print("exited")
+"""
+
+
+async def test_a_hung_look_up_does_not_hold_up_the_exit() -> None:
+    """The exporter's shutdown (SIGTERM ends the loop the same way) never waits for a look-up
+    stuck in the C library: the process ends once its checks have."""
+    loop_name = "uvloop" if isinstance(asyncio.get_running_loop(), uvloop.Loop) else "asyncio"
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", SILENT_EXIT, loop_name,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        out, err = await asyncio.wait_for(child.communicate(), 20)
+    except TimeoutError:
+        child.kill()
+        await child.wait()
+        pytest.fail("the process still waited for its hung look-ups after 20 s")
+    assert (child.returncode, out.decode().strip()) == (0, "exited"), err.decode()

@@ -177,6 +177,21 @@ async def test_min_version_tls13_refuses_a_tls12_server(
     assert refused.error.startswith("request failed: tls: protocol version ("), refused.error
 
 
+async def test_a_body_ended_by_close_notify_on_an_open_connection_is_complete(
+    certs: Certificates,
+) -> None:
+    """The server ends a body without a length by its close_notify and keeps the TCP
+    connection open (for 5 s): the body is complete then, not when the timeout strikes."""
+    checker = HTTPChecker(timeout=3.0)
+    context = certs.server_context("good")
+    with blocking_tls_server(context, b"HTTP/1.0 200 OK\r\n\r\nready until close") as port:
+        options = CheckOptions(
+            scheme="https", tls_ca_file=certs.path("ca.pem"), expect_body="close$"
+        )
+        result = await checker.check(Target("t", ip=LOOPBACK, port=str(port), options=options))
+    assert result.healthy, result.error
+
+
 # --- resumption ---------------------------------------------------------------------------
 
 
@@ -189,6 +204,22 @@ async def test_later_checks_resume_the_session(
     assert [r.healthy for r in results] == [True] * 4
     assert [r.tls_resumed for r in results] == [False, True, True, True]
     assert srv.resumed == [False, True, True, True]
+    assert all(r.tls_not_after == certs.not_after("good") for r in results)
+
+
+@pytest.mark.parametrize(
+    ("version", "resumed"),
+    [(ssl.TLSVersion.TLSv1_2, [True, True]), (ssl.TLSVersion.TLSv1_3, [False, True])],
+)
+async def test_a_tls12_session_serves_checks_at_once_and_a_tls13_ticket_is_used_once(
+    certs: Certificates, checker: HTTPChecker, version: ssl.TLSVersion, resumed: list[bool]
+) -> None:
+    async with tls_server(certs.server_context("good", versions=(version, version))) as srv:
+        target = srv.target(**trusting(certs))
+        assert (await checker.check(target)).tls_resumed is False
+        results = await asyncio.gather(checker.check(target), checker.check(target))
+    assert all(r.healthy for r in results)
+    assert sorted(bool(r.tls_resumed) for r in results) == resumed
     assert all(r.tls_not_after == certs.not_after("good") for r in results)
 
 

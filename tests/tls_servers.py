@@ -190,9 +190,12 @@ async def greeting_server(greeting: bytes) -> AsyncIterator[int]:
 
 
 @contextlib.contextmanager
-def blocking_tls_server(context: ssl.SSLContext) -> Iterator[int]:
+def blocking_tls_server(
+    context: ssl.SSLContext, reply: bytes = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+) -> Iterator[int]:
     """A TLS server in a thread on blocking sockets, whose handshake failures reach the client
-    as alerts (asyncio's server closes without sending them); answers 200. Yields its port."""
+    as alerts (asyncio's server closes without sending them). It answers `reply`, sends its
+    close_notify and keeps the connection open until the client closes. Yields its port."""
     listener = socket.create_server((LOOPBACK, 0))
     listener.settimeout(0.1)
     stopping = threading.Event()
@@ -207,7 +210,8 @@ def blocking_tls_server(context: ssl.SSLContext) -> Iterator[int]:
                 conn.settimeout(5)
                 with context.wrap_socket(conn, server_side=True) as tls:
                     tls.recv(65536)
-                    tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                    tls.sendall(reply)
+                    tls.unwrap()  # close_notify, then wait for the client's end
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()

@@ -36,6 +36,7 @@ from exporter.checks.http import (
     status_error,
     status_expected,
 )
+from exporter.checks.resolver import RESOLVER
 from exporter.model import (
     DEFAULT_CHECK_OPTIONS,
     FailureReason,
@@ -361,7 +362,8 @@ class Probe:
         self._addresses: list[tuple[int, tuple[object, ...]]] = []  # resolved, not tried yet
         self._first_failure: Exception | None = None
         self._failure: Exception | None = None
-        self._resolver: asyncio.Task[None] | None = None
+        # The name's look-up, then the timer of an address attempt that leaves others to try.
+        self._resolver: asyncio.Task[None] | asyncio.TimerHandle | None = None
         self._delivery: asyncio.Handle | None = None
         self._starting = True
         self.finished = False
@@ -421,15 +423,16 @@ class Probe:
         return plain_request(target, self._checker._request_tail)
 
     async def _resolve(self, host: str, port: int) -> None:
-        """Resolve a name afresh for each check, as Go's dialer does, then try its addresses."""
+        """Resolve a name afresh for each check, as Go's dialer does, then try its addresses.
+        The look-up shares no thread pool with other names (see `exporter.checks.resolver`)."""
         try:
-            infos = await self._reactor.loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            addresses = await RESOLVER.resolve(host, port)
         except Exception as exc:  # gaierror, or UnicodeError for a name IDNA cannot encode
             self._resolver = None
             self._fail(exc)
             return
         self._resolver = None
-        self._addresses = [(info[0], info[4]) for info in infos]
+        self._addresses = addresses
         self._connect_next()
 
     def _connect_next(self) -> None:
@@ -437,7 +440,22 @@ class Probe:
             self._fail(self._first_failure or os_error(errno.EHOSTUNREACH))
             return
         family, address = self._addresses.pop(0)
+        if self._addresses:
+            # Other addresses remain: this one gets its share of the time left, so that a black
+            # hole first in line (a dead IPv6 route, say) leaves time for the next address.
+            remaining = self._deadline() - time.perf_counter()
+            share = max(remaining / (len(self._addresses) + 1), 0.001)
+            self._resolver = self._reactor.loop.call_later(share, self._attempt_expired)
         self._connect(family, address)
+
+    def _attempt_expired(self) -> None:
+        self._resolver = None
+        if not self._connected and not self.finished:
+            self._connect_failed(TimeoutError())
+
+    def _deadline(self) -> float:
+        """When the check times out, on the `time.perf_counter()` clock."""
+        return self._started + self._checker.timeout
 
     def _connect(self, family: int, address: tuple[object, ...]) -> None:
         try:
@@ -584,6 +602,9 @@ class OptionsProbe(Probe):
     def _timeout(self) -> float:
         return self._target.options.timeout or self._checker.timeout
 
+    def _deadline(self) -> float:
+        return self._started + self._timeout
+
     def _request(self) -> bytes:
         target = self._target
         invalid = invalid_request(target)
@@ -592,9 +613,13 @@ class OptionsProbe(Probe):
         return build_request(target, target.options, __version__)
 
     def _receive(self) -> None:
-        data = self._read()
-        if data is None:
-            return
+        while (data := self._read()) is not None:
+            self._take(data)
+            if self.finished or not self._more_buffered():
+                return
+
+    def _take(self, data: bytes) -> None:
+        """Feed what the peer sent (b"": its end) to the head, then to the body reader."""
         body = self._body
         if body is not None:
             if body.feed(data) if data else body.close():
@@ -606,6 +631,11 @@ class OptionsProbe(Probe):
             body = self._body = self._body_reader()
             if body is None or body.feed(self._head.data[self._head.end :]):
                 self._finish()
+
+    def _more_buffered(self) -> bool:
+        """Whether `_read` has more without the socket becoming readable again (a TLS layer
+        that saw the peer's close_notify); a plain socket is simply watched again."""
+        return False
 
     def _read(self) -> bytes | None:
         """What the peer sent next (b"" at its end), or None: nothing yet, or failed."""

@@ -4,10 +4,11 @@ The TLS layer is an `ssl.SSLObject` over two memory BIOs, so the engine keeps it
 socket and epoll registration and only pumps bytes. Facts this relies on (REFERENCE.md, "TLS
 checks"): a context costs ~15 ms to build, so there is one per TLS profile; a session belongs to
 its context, so sessions are kept per (context, SNI, address); a TLS 1.3 ticket arrives after the
-handshake and is used once; OpenSSL resumes TLS 1.3 with a fresh key exchange unless
-`SSL_OP_ALLOW_NO_DHE_KEX` is set; a failed verification aborts the handshake before the
-certificate can be read, so the leaf of an unverifiable server is read over a second, unverified
-handshake (its expiry is what users want most then).
+handshake and is used once (a TLS 1.2 session serves any number of connections); OpenSSL resumes
+TLS 1.3 with a fresh key exchange unless `SSL_OP_ALLOW_NO_DHE_KEX` is set (on both sides: an
+OpenSSL 3.0 server still picks the exchange); a failed verification aborts the handshake before
+the certificate can be read, so the leaf of an unverifiable server is read over a second,
+unverified handshake (its expiry is what users want most then).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import calendar
 import contextlib
 import ssl
+from dataclasses import dataclass
 
 from exporter import __version__
 from exporter.checks.engine import PROBE_KINDS, OptionsProbe, result_of
@@ -32,7 +34,19 @@ _VERSIONS = {"TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
 
 _Profile = tuple[bool, str | None, str | None, str | None, str]
 _contexts: dict[_Profile, ssl.SSLContext] = {}
-_sessions: dict[tuple[int, str | None, tuple[object, ...]], ssl.SSLSession] = {}
+_SessionKey = tuple[int, str | None, tuple[object, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Kept:
+    """A session kept for the next check of one target, and what it already told us."""
+
+    session: ssl.SSLSession
+    reusable: bool  # TLS 1.2: may serve several connections; a TLS 1.3 ticket is used once
+    not_after: float | None  # the leaf's NotAfter: a resumed handshake shows the same leaf
+
+
+_sessions: dict[_SessionKey, _Kept] = {}
 
 
 def _profile(options: CheckOptions) -> _Profile:
@@ -243,12 +257,14 @@ class TlsProbe(OptionsProbe):
     _plaintext = b""  # the HTTP request, sent once the handshake is over
     _handshaken = False
     _address: tuple[int, tuple[object, ...]] | None = None
-    _session_key: tuple[int, str | None, tuple[object, ...]] | None = None
+    _session_key: _SessionKey | None = None
+    _kept: _Kept | None = None  # the session this connection offered
     _verify_failure: ResponseError | None = None  # while reading an unverifiable leaf
     _not_after: float | None = None
     _resumed: bool | None = None
     _eof = False
     _answered = False  # some response bytes came through the TLS layer
+    _eof_due = False  # the peer's close_notify came with the last data: its end is next
 
     def _request(self) -> bytes:
         target = self._target
@@ -270,10 +286,15 @@ class TlsProbe(OptionsProbe):
             context = _insecure_twin(options)
         name = server_name(self._target)
         key = (id(context), name, address)
-        session = _sessions.pop(key, None)  # a TLS 1.3 ticket is used once
+        kept = self._kept = _sessions.get(key)
+        if kept is not None and not kept.reusable:
+            del _sessions[key]  # a TLS 1.3 ticket is used once
         self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self._tls = context.wrap_bio(
-            self._incoming, self._outgoing, server_hostname=name, session=session
+            self._incoming,
+            self._outgoing,
+            server_hostname=name,
+            session=None if kept is None else kept.session,
         )
         self._session_key, self._address = key, (family, address)
         self._handshaken = self._eof = False
@@ -296,8 +317,9 @@ class TlsProbe(OptionsProbe):
         self._handshaken = True
         self._resumed = tls.session_reused
         self._checker.tls_handshakes[self._resumed] += 1
-        der = tls.getpeercert(binary_form=True)
-        if der is not None:
+        if self._resumed and self._kept is not None and self._kept.not_after is not None:
+            self._not_after = self._kept.not_after  # the same leaf: no need to parse it again
+        elif (der := tls.getpeercert(binary_form=True)) is not None:
             # The check's outcome does not depend on reading the expiry.
             with contextlib.suppress(ValueError):
                 self._not_after = not_after(der)
@@ -330,7 +352,13 @@ class TlsProbe(OptionsProbe):
             return
         super()._connect_failed(exc)
 
+    def _more_buffered(self) -> bool:
+        return self._eof_due
+
     def _read(self) -> bytes | None:
+        if self._eof_due:  # the end of the data, already seen by the TLS layer
+            self._eof_due = False
+            return b""
         raw = super()._read()
         if raw is None or self.finished:
             return None
@@ -357,7 +385,8 @@ class TlsProbe(OptionsProbe):
         try:
             while True:
                 chunk = tls.read(65536)
-                if not chunk:
+                if not chunk:  # the peer's close_notify (a bare end raises SSLEOFError)
+                    self._eof = True
                     break
                 chunks.append(chunk)
         except ssl.SSLWantReadError:
@@ -375,6 +404,9 @@ class TlsProbe(OptionsProbe):
             self._send()
         if chunks:
             self._answered = True
+            # The peer may keep the connection open after its close_notify: nothing would wake
+            # the probe again, so the end is delivered right after these bytes.
+            self._eof_due = self._eof
             return b"".join(chunks)
         if self._eof and not self._answered:
             self._fail(_CLOSED_AFTER_HANDSHAKE)
@@ -396,11 +428,12 @@ class TlsProbe(OptionsProbe):
         if tls is None or key is None or not self._handshaken or self._verify_failure:
             return
         session = tls.session
-        if session is None or not (session.has_ticket or tls.version() == "TLSv1.2"):
+        tls12 = tls.version() == "TLSv1.2"
+        if session is None or not (session.has_ticket or tls12):
             return
         if len(_sessions) >= MAX_SESSIONS:
             del _sessions[next(iter(_sessions))]
-        _sessions[key] = session
+        _sessions[key] = _Kept(session, tls12, self._not_after)
 
     def _result(self) -> Result:
         reason, error = self._verdict()
