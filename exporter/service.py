@@ -190,7 +190,8 @@ def docker_source(settings: Settings) -> DockerSource | None:
         address = EngineAddress.parse(settings.docker_host)
     except ValueError as exc:
         raise ConfigError(f"HEALTHCHECK_DOCKER_HOST: {exc}") from None
-    return DockerSource(address, settings.docker_network, logger)
+    defaults = check_defaults(settings)
+    return DockerSource(address, settings.docker_network, logger, defaults=defaults)
 
 
 async def load_sources(source: TargetSource) -> None:

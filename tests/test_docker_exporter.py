@@ -58,6 +58,24 @@ async def test_exporter_checks_containers_as_they_start_and_forgets_them_as_they
         assert f"container '{bad.name}': label 'healthcheck.port'" in line
 
 
+async def test_option_labels_change_how_the_container_is_checked(
+    docker_engine: Engine, containers: Containers
+) -> None:
+    # busybox httpd answers 404 for a file it does not have: healthy only by the option label.
+    missing = {"healthcheck.path": "/missing"}
+    plain = await containers.httpd("web", labels=missing)
+    expecting = await containers.httpd(
+        "web", labels={**missing, "healthcheck.expect_status": "404"}
+    )
+    env = {**FAST, "HEALTHCHECK_DOCKER_HOST": docker_engine.host}
+    async with exporter(env) as proc:
+        await wait_up(
+            proc,
+            lambda t: t.get(expecting.short_id) == 1 and t.get(plain.short_id) == 0,
+            "the container expecting 404 up, the other down",
+        )
+
+
 async def test_validate_and_check_list_the_engines_containers_once(
     docker_engine: Engine, containers: Containers
 ) -> None:

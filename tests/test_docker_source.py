@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from exporter.model import Target
+from exporter.checks.options import parse_check_defaults
+from exporter.model import CheckOptions, Target
 from exporter.settings import ConfigError, load_settings
 from exporter.sources.base import Source
 from exporter.sources.docker import (
@@ -124,9 +125,32 @@ def test_option_labels_are_the_other_healthcheck_labels_without_their_prefix() -
     assert option_labels(labels) == {"method": "HEAD"}
 
 
-def test_container_with_option_labels_is_skipped_until_options_are_supported() -> None:
-    with pytest.raises(ContainerSkipped, match=r"label 'healthcheck\.method': per-target check"):
-        container_target(container({**WEB, "healthcheck.method": "HEAD"}), None)
+def test_option_labels_are_the_targets_check_options_over_the_check_defaults() -> None:
+    labels = {**WEB, "healthcheck.method": "HEAD", "healthcheck.expect_status": "200-204"}
+    defaults = parse_check_defaults('{"method": "OPTIONS", "fall": 5}')
+    target = container_target(container(labels), None, defaults)
+    assert target is not None
+    assert target.options == CheckOptions(method="HEAD", expect_status=((200, 204),), fall=5)
+
+
+def test_container_without_option_labels_gets_the_check_defaults() -> None:
+    target = container_target(container(WEB), None, parse_check_defaults('{"scheme": "https"}'))
+    assert target is not None and target.url == "https://127.0.0.1:8080/health"
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "reason"),
+    [
+        ("method", "G T", "healthcheck.\\* labels: method: 'G T' is not an HTTP method"),
+        ("methd", "GET", "healthcheck.\\* labels: unknown option label 'methd'"),
+        ("fall", "0", "healthcheck.\\* labels: fall"),
+    ],
+)
+def test_bad_option_label_skips_the_container_naming_the_option(
+    option: str, value: str, reason: str
+) -> None:
+    with pytest.raises(ContainerSkipped, match=reason):
+        container_target(container({**WEB, f"healthcheck.{option}": value}), None)
 
 
 def test_listing_names_each_skipped_container_and_keeps_the_good_ones() -> None:
