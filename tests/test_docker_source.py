@@ -11,10 +11,12 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
+from aiohttp import web
 
 from exporter.checks.options import parse_check_defaults
 from exporter.model import CheckOptions, Target
@@ -474,3 +476,83 @@ async def test_engine_behind_a_tcp_socket_proxy_is_followed_too(
         await asyncio.gather(task, return_exceptions=True)
         proxy.close()
         await proxy.wait_closed()
+
+
+# -- an engine that misbehaves ---------------------------------------------------------------
+
+
+@dataclass
+class FakeEngine:
+    """An HTTP server on a unix socket answering as an engine would, until told to misbehave:
+    for what a real engine does not do (a 500 on the listing, a garbled event)."""
+
+    containers: list[dict[str, Any]]
+    list_status: int = 200
+    event_lines: asyncio.Queue[bytes] = field(default_factory=asyncio.Queue)
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/_ping", self.ping)
+        app.router.add_get("/v1.41/containers/json", self.list)
+        app.router.add_get("/v1.41/events", self.events)
+        return app
+
+    async def ping(self, request: web.Request) -> web.Response:
+        return web.Response(text="OK", headers={"API-Version": "1.43"})
+
+    async def list(self, request: web.Request) -> web.Response:
+        if self.list_status != 200:
+            return web.json_response({"message": "boom"}, status=self.list_status)
+        return web.json_response(self.containers)
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        while True:
+            await resp.write(await self.event_lines.get())
+
+
+@pytest_asyncio.fixture
+async def fake_engine(tmp_path: Path) -> AsyncIterator[tuple[FakeEngine, DockerSource]]:
+    engine = FakeEngine([container(WEB)])
+    runner = web.AppRunner(engine.app(), shutdown_timeout=0.1)
+    await runner.setup()
+    socket_path = tmp_path / "engine.sock"
+    await web.UnixSite(runner, str(socket_path)).start()
+    source = DockerSource(EngineAddress.parse(f"unix://{socket_path}"), None, logging.getLogger())
+    task = asyncio.create_task(source.run(lambda: None))
+    try:
+        yield engine, source
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await runner.cleanup()
+
+
+async def test_failed_listing_keeps_the_targets_and_is_counted(
+    fake_engine: tuple[FakeEngine, DockerSource],
+) -> None:
+    engine, source = fake_engine
+    await eventually(_value(source.get_health_check_targets), bool, what="the first listing")
+    engine.list_status = 500
+    engine.containers = []
+    engine.event_lines.put_nowait(b'{"Type": "container", "Action": "die"}\n')
+    await eventually(_value(lambda: source.health.failures), bool, what="a failure")
+    assert [t.id for t in source.get_health_check_targets()] == [CONTAINER_ID[:12]]
+    assert "HTTP 500: 'boom'" in (source.health.last_error or "")
+    engine.list_status = 200  # back: the re-list after the reconnect empties it, for real
+    await eventually(_value(source.get_health_check_targets), lambda t: t == [], what="re-list")
+
+
+@pytest.mark.parametrize(
+    ("line", "error"), [(b"not json\n", "undecodable event"), (b"[1]\n", "not a JSON object")]
+)
+async def test_garbled_event_reconnects_keeping_the_targets(
+    fake_engine: tuple[FakeEngine, DockerSource], line: bytes, error: str
+) -> None:
+    engine, source = fake_engine
+    await eventually(_value(source.get_health_check_targets), bool, what="the first listing")
+    engine.event_lines.put_nowait(line)
+    last_error = _value(lambda: source.health.last_error or "")
+    await eventually(last_error, lambda text: error in text, what=error)
+    assert len(source.get_health_check_targets()) == 1
