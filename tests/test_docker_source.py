@@ -23,6 +23,7 @@ from exporter.model import CheckOptions, Target
 from exporter.settings import ConfigError, load_settings
 from exporter.sources.base import Source
 from exporter.sources.docker import (
+    Backoff,
     ContainerSkipped,
     DockerSource,
     container_address,
@@ -420,21 +421,28 @@ async def test_container_on_a_network_of_its_own_is_readdressed_when_its_ip_chan
         await docker_engine.arun("network", "rm", network)
 
 
-async def test_unreachable_engine_keeps_nothing_it_never_had_and_counts_failures() -> None:
+async def test_unreachable_engine_is_retried_with_doubling_backoff_each_failure_logged() -> None:
     logger = logging.getLogger("test.docker.unreachable")
-    source = DockerSource(EngineAddress.parse("unix:///nonexistent/docker.sock"), None, logger)
+    records: list[logging.LogRecord] = []
+    logger.addHandler(_Records(records))
+    logger.propagate = False
+    address = EngineAddress.parse("unix:///nonexistent/docker.sock")
+    source = DockerSource(address, None, logger, backoff=Backoff(first=0.05, longest=0.2))
     with pytest.raises(EngineError, match=r"unix:///nonexistent/docker\.sock"):
         await source.load()
     task = asyncio.create_task(source.run(lambda: None))
     try:
         await eventually(
-            _value(lambda: source.health.failures), lambda n: n >= 2, what="two failed attempts"
+            _value(lambda: source.health.failures), lambda n: n >= 5, what="five failed attempts"
         )
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert source.get_health_check_targets() == []
     assert source.health.last_error is not None and "nonexistent" in source.health.last_error
+    failures = [r.__dict__ for r in records if r.getMessage().startswith("docker engine unreach")]
+    assert [f["retry_in"] for f in failures[:5]] == [0.05, 0.1, 0.2, 0.2, 0.2]
+    assert [f["failures"] for f in failures[:5]] == [1, 2, 3, 4, 5]
 
 
 def _value(read: Callable[[], Any]) -> Callable[[], Any]:
