@@ -1,8 +1,9 @@
 """A real Docker engine for the tests, and the images they run, all made offline on this machine.
 
 A pytest plugin (`pytest_plugins = ("tests.docker_engine",)` in the test modules). The engine is
-Debian's `dockerd` on /var/run/docker.sock, started when nothing answers there and stopped at the
-end if this session started it. Images are built once per machine and reused by tag:
+Debian's `dockerd` on /var/run/docker.sock, started when nothing answers there, and stopped at
+the end by the last test session using it (several may run side by side) if a test session
+started it. Images are built once per machine and reused by tag:
 
 - `busybox_image`: a root filesystem holding Debian's static busybox, whose `httpd` serves
   /www/health; every target container runs it on the host network, on its own 127.0.0.1 port,
