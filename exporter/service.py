@@ -124,7 +124,7 @@ def configured_sources(settings: Settings) -> list[Source]:
         file = FileSource(settings.targets_file, logger, defaults=defaults)
         file.load_initial()
         sources.append(file)
-    docker = docker_source(settings)
+    docker = docker_source(settings, defaults)
     if docker is not None:
         sources.append(docker)
     if settings.dns_sd is not None:
@@ -182,15 +182,17 @@ async def reload_and_report(source: TargetSource) -> str | None:
 # --- Docker source (issue 15) ---
 
 
-def docker_source(settings: Settings) -> DockerSource | None:
-    """The Docker source if HEALTHCHECK_DOCKER_HOST is set (not yet reached); raises ConfigError."""
+def docker_source(settings: Settings, defaults: OptionValues) -> DockerSource | None:
+    """The Docker source if HEALTHCHECK_DOCKER_HOST is set (not yet reached); raises ConfigError.
+
+    `defaults` (HEALTHCHECK_CHECK_DEFAULTS) lie under each container's option labels."""
     if settings.docker_host is None:
         return None
     try:
         address = EngineAddress.parse(settings.docker_host)
     except ValueError as exc:
         raise ConfigError(f"HEALTHCHECK_DOCKER_HOST: {exc}") from None
-    return DockerSource(address, settings.docker_network, logger)
+    return DockerSource(address, settings.docker_network, logger, defaults=defaults)
 
 
 async def load_sources(source: TargetSource) -> None:

@@ -1,8 +1,9 @@
 """A real Docker engine for the tests, and the images they run, all made offline on this machine.
 
 A pytest plugin (`pytest_plugins = ("tests.docker_engine",)` in the test modules). The engine is
-Debian's `dockerd` on /var/run/docker.sock, started when nothing answers there and stopped at the
-end if this session started it. Images are built once per machine and reused by tag:
+Debian's `dockerd` on /var/run/docker.sock, started when nothing answers there, and stopped at
+the end by the last test session using it (several may run side by side) if a test session
+started it. Images are built once per machine and reused by tag:
 
 - `busybox_image`: a root filesystem holding Debian's static busybox, whose `httpd` serves
   /www/health; every target container runs it on the host network, on its own 127.0.0.1 port,
@@ -24,18 +25,22 @@ from __future__ import annotations
 import asyncio
 import configparser
 import contextlib
+import fcntl
 import io
 import os
 import shutil
 import signal
 import subprocess
 import tarfile
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
+import aiohttp
 import pytest
 
 from tests.observability import require_tool
@@ -154,29 +159,81 @@ class Dockerd:
         self.proc = None
 
 
+# Several test sessions may share this machine's engine at once (developers' runs side by side):
+# each holds USERS_LOCK shared while it runs; the last one out (it gets the lock alone) stops the
+# dockerd a test session started (STARTED_BY_TESTS holds its pid), whichever session that was.
+# SETUP_LOCK serializes starting the engine and building images.
+LOCK_DIR = Path(tempfile.gettempdir())
+USERS_LOCK = LOCK_DIR / "healthcheck-exporter-tests-docker-users.lock"
+SETUP_LOCK = LOCK_DIR / "healthcheck-exporter-tests-docker-setup.lock"
+STARTED_BY_TESTS = LOCK_DIR / "healthcheck-exporter-tests-dockerd.pid"
+SESSION = uuid.uuid4().hex[:12]  # the TEST_LABEL value of this session's containers
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, mode: int = fcntl.LOCK_EX) -> Iterator[IO[bytes]]:
+    with path.open("ab") as handle:
+        fcntl.flock(handle, mode)
+        try:
+            yield handle
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session")
 def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-    """The engine on /var/run/docker.sock; started (and stopped at the end) if none answers."""
+    """The engine on /var/run/docker.sock; started if none answers, stopped by the last test
+    session using it if a test session started it."""
     engine = Engine(f"unix://{SOCKET}", docker_cli())
-    if engine.answers():
-        yield engine
-        _remove_test_containers(engine)
+    with file_lock(USERS_LOCK, fcntl.LOCK_SH) as users:
+        with file_lock(SETUP_LOCK):
+            if not engine.answers():
+                require_tool("dockerd", install=INSTALL)
+                if os.geteuid() != 0:
+                    _fail_or_skip("dockerd is not running and starting it needs root")
+                dockerd = Dockerd([], tmp_path_factory.mktemp("dockerd") / "dockerd.log")
+                dockerd.start(engine)
+                assert dockerd.proc is not None
+                STARTED_BY_TESTS.write_text(str(dockerd.proc.pid))
+        try:
+            yield engine
+        finally:
+            _remove_session_containers(engine)
+            with contextlib.suppress(BlockingIOError):
+                fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)  # alone now?
+                _stop_dockerd_started_by_tests()
+
+
+def _stop_dockerd_started_by_tests() -> None:
+    """SIGTERM the dockerd a test session started, and wait (bounded) until it has exited."""
+    if not STARTED_BY_TESTS.exists():
         return
-    require_tool("dockerd", install=INSTALL)
-    if os.geteuid() != 0:
-        _fail_or_skip("dockerd is not running and starting it needs root")
-    log = tmp_path_factory.mktemp("dockerd") / "dockerd.log"
-    dockerd = Dockerd([], log)
-    dockerd.start(engine)
+    pid = int(STARTED_BY_TESTS.read_text() or 0)
+    STARTED_BY_TESTS.unlink()
+    comm = Path(f"/proc/{pid}/comm")
+    if not comm.exists() or comm.read_text().strip() != "dockerd":
+        return  # gone already (the pid may be another process's by now)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while _running(pid) and time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)  # our own child: reap it
+            time.sleep(0.1)
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is alive (a zombie waiting to be reaped is not)."""
     try:
-        yield engine
-    finally:
-        _remove_test_containers(engine)
-        dockerd.stop()
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
 
 
-def _remove_test_containers(engine: Engine) -> None:
-    left = engine.run("ps", "-aq", "--filter", f"label={TEST_LABEL}", check=False).stdout.split()
+def _remove_session_containers(engine: Engine) -> None:
+    mine = f"label={TEST_LABEL}={SESSION}"
+    left = engine.run("ps", "-aq", "--filter", mine, check=False).stdout.split()
     if left:
         engine.run("rm", "-f", *left, check=False)
 
@@ -285,8 +342,9 @@ def busybox_rootfs() -> bytes:
 @pytest.fixture(scope="session")
 def busybox_image(docker_engine: Engine) -> str:
     """The busybox image's tag, imported once per machine."""
-    if not docker_engine.has_image(BUSYBOX_IMAGE):
-        docker_engine.import_image(BUSYBOX_IMAGE, busybox_rootfs(), *BUSYBOX_CHANGES)
+    with file_lock(SETUP_LOCK):
+        if not docker_engine.has_image(BUSYBOX_IMAGE):
+            docker_engine.import_image(BUSYBOX_IMAGE, busybox_rootfs(), *BUSYBOX_CHANGES)
     return BUSYBOX_IMAGE
 
 
@@ -318,18 +376,46 @@ class Containers:
         name: str | None = None,
         port: int | None = None,
     ) -> Httpd:
-        """Run one; labelled `healthcheck.app=app` and `healthcheck.port` (unless app is None),
-        then `labels` (which may override those)."""
-        port = port or unused_port()
-        wanted = {"healthcheck.app": app, "healthcheck.port": str(port)} if app else {}
-        wanted |= {**(labels or {}), TEST_LABEL: "1"}
+        """Run one and wait until it serves; labelled `healthcheck.app=app` and
+        `healthcheck.port` (unless app is None), then `labels` (which may override those).
+
+        A free port can be taken by another process between its choice and httpd's bind (other
+        test sessions run beside this one): then httpd exits, and a new port is tried.
+        """
         name = name or f"hc-test-{uuid.uuid4().hex[:10]}"
-        label_args = [f"--label={key}={value}" for key, value in wanted.items()]
-        run = ["run", "--detach", "--init", "--network=host", f"--name={name}", *label_args]
-        serve = ["httpd", "-f", "-p", f"127.0.0.1:{port}", "-h", "/www"]
-        container_id = await self.engine.arun(*run, BUSYBOX_IMAGE, *serve)
-        self.started.append(container_id)
-        return Httpd(container_id, name, port)
+        for _ in range(5):
+            chosen = port or unused_port()
+            wanted = {"healthcheck.app": app, "healthcheck.port": str(chosen)} if app else {}
+            wanted |= {**(labels or {}), TEST_LABEL: SESSION}
+            label_args = [f"--label={key}={value}" for key, value in wanted.items()]
+            run = ["run", "--detach", "--init", "--network=host", f"--name={name}", *label_args]
+            serve = ["httpd", "-f", "-p", f"127.0.0.1:{chosen}", "-h", "/www"]
+            container_id = await self.engine.arun(*run, BUSYBOX_IMAGE, *serve)
+            self.started.append(container_id)
+            if await self._serves(container_id, chosen):
+                return Httpd(container_id, name, chosen)
+            await self.engine.arun("rm", "--force", container_id)
+        raise AssertionError(f"httpd container {name} never served on 127.0.0.1")
+
+    async def _serves(self, container_id: str, port: int) -> bool:
+        """Whether the container answers on `port` (False once it has exited)."""
+        deadline = time.monotonic() + 15
+        timeout = aiohttp.ClientTimeout(total=2)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while time.monotonic() < deadline:
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/health") as resp:
+                        if resp.status == 200 and await resp.text() == HEALTH_BODY:
+                            return True
+                except (aiohttp.ClientError, TimeoutError):
+                    pass
+                running = await self.engine.arun(
+                    "inspect", "--format={{.State.Running}}", container_id
+                )
+                if running != "true":
+                    return False
+                await asyncio.sleep(0.05)
+        return False
 
     def remove_all(self) -> None:
         if self.started:
@@ -445,15 +531,16 @@ PYTHON_CHANGES = (
 @pytest.fixture(scope="session")
 def python_base_image(docker_engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> str:
     """The stand-in for python:3.11-slim-bookworm, built once per machine."""
-    if docker_engine.has_image(PYTHON_IMAGE):
-        return PYTHON_IMAGE
-    if os.geteuid() != 0:
-        _fail_or_skip("debootstrap needs root")
-    root = tmp_path_factory.mktemp("python-rootfs") / "root"
-    build_python_rootfs(root)
-    archive = subprocess.run(
-        ["tar", "-C", str(root), "--numeric-owner", "-c", "."], capture_output=True, check=True
-    ).stdout
-    docker_engine.import_image(PYTHON_IMAGE, archive, *PYTHON_CHANGES)
-    shutil.rmtree(root, ignore_errors=True)
+    with file_lock(SETUP_LOCK):
+        if docker_engine.has_image(PYTHON_IMAGE):
+            return PYTHON_IMAGE
+        if os.geteuid() != 0:
+            _fail_or_skip("debootstrap needs root")
+        root = tmp_path_factory.mktemp("python-rootfs") / "root"
+        build_python_rootfs(root)
+        archive = subprocess.run(
+            ["tar", "-C", str(root), "--numeric-owner", "-c", "."], capture_output=True, check=True
+        ).stdout
+        docker_engine.import_image(PYTHON_IMAGE, archive, *PYTHON_CHANGES)
+        shutil.rmtree(root, ignore_errors=True)
     return PYTHON_IMAGE

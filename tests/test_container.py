@@ -25,7 +25,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from tests.docker_engine import TEST_LABEL, Engine
+from tests.docker_engine import SESSION, TEST_LABEL, Engine
 from tests.observability import ROOT, eventually, require_tool, run_tool
 from tests.process import child_env
 from tests.servers import unused_port
@@ -287,6 +287,9 @@ async def healthcheck(image: InstalledImage, env: dict[str, str]) -> int:
 # -- the image, built and run for real -------------------------------------------------------
 
 BUILT_IMAGE = "healthcheck-exporter-test/exporter:latest"
+# The first run on a machine makes the base image (debootstrap from the mirror) and builds
+# every wheel: minutes, paid by whichever of these tests comes first.
+COLD_BUILD = pytest.mark.timeout(900)
 IMAGE_UID = 10001  # the Dockerfile's USER
 
 
@@ -295,9 +298,11 @@ def built_image(docker_engine: Engine, python_base_image: str) -> str:
     """The project's Dockerfile built on the stand-in base; the engine's cache keeps it fast."""
     docker_engine.run(
         "build", "--network=host", f"--build-arg=PYTHON_IMAGE={python_base_image}",
-        f"--tag={BUILT_IMAGE}", str(ROOT),
+        f"--label={TEST_LABEL}", f"--tag={BUILT_IMAGE}", str(ROOT),
         timeout=600,
     )  # fmt: skip
+    # The build before this one, untagged now: gone, so that runs do not pile images up.
+    docker_engine.run("image", "prune", "--force", f"--filter=label={TEST_LABEL}")
     return BUILT_IMAGE
 
 
@@ -311,7 +316,7 @@ async def run_image(engine: Engine, image: str) -> RunningImage:
     """The image on the host network, listening on a free loopback port, HEALTHCHECK every 1 s."""
     port = unused_port()
     container_id = await engine.arun(
-        "run", "--detach", "--network=host", f"--label={TEST_LABEL}=1",
+        "run", "--detach", "--network=host", f"--label={TEST_LABEL}={SESSION}",
         "--health-interval=1s", "--health-start-period=30s",
         f"--env=HEALTHCHECK_LISTEN_ADDRESS=127.0.0.1:{port}",
         f"--env=HEALTHCHECK_TARGETS=web=127.0.0.1:{unused_port()}",
@@ -337,6 +342,7 @@ async def _metrics(url: str) -> tuple[int, str]:
         return 0, ""
 
 
+@COLD_BUILD
 async def test_built_image_serves_metrics_on_the_host_network(running: RunningImage):
     _, body = await eventually(
         lambda: _metrics(running.url), lambda got: got[0] == 200, what="/metrics from the image"
@@ -344,6 +350,7 @@ async def test_built_image_serves_metrics_on_the_host_network(running: RunningIm
     assert "healthcheck_exporter_build_info" in body
 
 
+@COLD_BUILD
 async def test_built_image_healthcheck_turns_healthy(docker_engine: Engine, running: RunningImage):
     async def health() -> str:
         return await docker_engine.arun("inspect", "--format={{.State.Health.Status}}", running.id)
@@ -351,6 +358,7 @@ async def test_built_image_healthcheck_turns_healthy(docker_engine: Engine, runn
     await eventually(health, lambda status: status == "healthy", what="HEALTHCHECK healthy")
 
 
+@COLD_BUILD
 async def test_built_image_runs_its_process_as_uid_10001(
     docker_engine: Engine, running: RunningImage
 ):
@@ -362,6 +370,7 @@ async def test_built_image_runs_its_process_as_uid_10001(
     assert any(part.endswith(b"healthcheck-exporter") for part in command)  # PID 1 is ours
 
 
+@COLD_BUILD
 async def test_docker_stop_ends_the_built_image_cleanly_within_2s(
     docker_engine: Engine, running: RunningImage
 ):

@@ -18,7 +18,7 @@ import yaml
 from exporter.settings import load_settings
 from tests.docker_engine import INSTALL, Containers, Engine, busybox_rootfs, private_engine
 from tests.observability import ROOT, require_tool, run_tool
-from tests.process import ExporterProcess, exporter, run_cli, samples
+from tests.process import ExporterProcess, exporter, run_cli, samples, value
 
 pytest_plugins = ("tests.docker_engine",)
 
@@ -54,8 +54,26 @@ async def test_exporter_checks_containers_as_they_start_and_forgets_them_as_they
         bad = await containers.httpd("web", labels={"healthcheck.port": "eighty"})
         await docker_engine.arun("stop", "--time=1", web.id)
         await wait_up(proc, lambda t: web.short_id not in t, "the stopped container to go")
-        line = await proc.wait_for_log("docker container skipped")
+        line = await proc.wait_for_log(f"docker container skipped.*{bad.name}")
         assert f"container '{bad.name}': label 'healthcheck.port'" in line
+
+
+async def test_option_labels_change_how_the_container_is_checked(
+    docker_engine: Engine, containers: Containers
+) -> None:
+    # busybox httpd answers 404 for a file it does not have: healthy only by the option label.
+    missing = {"healthcheck.path": "/missing"}
+    plain = await containers.httpd("web", labels=missing)
+    expecting = await containers.httpd(
+        "web", labels={**missing, "healthcheck.expect_status": "404"}
+    )
+    env = {**FAST, "HEALTHCHECK_DOCKER_HOST": docker_engine.host}
+    async with exporter(env) as proc:
+        await wait_up(
+            proc,
+            lambda t: t.get(expecting.short_id) == 1 and t.get(plain.short_id) == 0,
+            "the container expecting 404 up, the other down",
+        )
 
 
 async def test_validate_and_check_list_the_engines_containers_once(
@@ -65,7 +83,8 @@ async def test_validate_and_check_list_the_engines_containers_once(
     env = {"HEALTHCHECK_DOCKER_HOST": docker_engine.host}
     code, out, err = await run_cli("validate", env=env)
     assert code == 0, err
-    assert out.startswith("configuration OK:") and "validated" in out
+    found = next(line for line in out.splitlines() if line.startswith("source docker: "))
+    assert "validated" in found and "\nconfiguration OK: " in out
     code, out, err = await run_cli("check", env=env)
     row = next(line for line in out.splitlines() if httpd.short_id in line)
     assert row.split()[:3] == ["ok", httpd.short_id, "validated"], out + err
@@ -94,13 +113,18 @@ async def test_engine_restart_keeps_the_targets_meanwhile_then_relists() -> None
             await proc.wait_for_log("docker engine unreachable")
             os.kill(dies_pid, signal.SIGKILL)  # a container dies while nobody can tell
             await wait_up(proc, lambda t: t.get(dies.short_id) == 0, "the dead one to be down")
-            assert set(up(await proc.metrics())) >= both  # kept: the engine only hiccupped
+            body = await proc.metrics()
+            assert set(up(body)) >= both  # kept: the engine only hiccupped
+            assert value(body, "healthcheck_source_up", source="docker") == 0
+            assert value(body, "healthcheck_source_targets", source="docker") == 2
+            assert (value(body, "healthcheck_source_failures_total", source="docker") or 0) >= 1
             assert log_records(proc, "docker engine reachable again") == []
 
             private.start()
             await proc.wait_for_log("docker engine reachable again", timeout=60)
             targets = await wait_up(proc, lambda t: dies.short_id not in t, "the re-list")
             assert targets.get(stays.short_id) == 1
+            assert value(await proc.metrics(), "healthcheck_source_up", source="docker") == 1
             failures = log_records(proc, UNREACHABLE)
             assert failures and all(r["targets"] == 2 for r in failures)
             assert [r["failures"] for r in failures] == list(range(1, len(failures) + 1))

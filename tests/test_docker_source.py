@@ -11,15 +11,19 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
+from aiohttp import web
 
-from exporter.model import Target
+from exporter.checks.options import parse_check_defaults
+from exporter.model import CheckOptions, Target
 from exporter.settings import ConfigError, load_settings
 from exporter.sources.base import Source
 from exporter.sources.docker import (
+    Backoff,
     ContainerSkipped,
     DockerSource,
     container_address,
@@ -28,7 +32,7 @@ from exporter.sources.docker import (
     option_labels,
 )
 from exporter.sources.docker_api import EngineAddress, EngineError, _negotiated_version
-from tests.docker_engine import BUSYBOX_IMAGE, TEST_LABEL, Containers, Engine
+from tests.docker_engine import BUSYBOX_IMAGE, SESSION, TEST_LABEL, Containers, Engine
 from tests.observability import eventually
 
 pytest_plugins = ("tests.docker_engine",)
@@ -124,9 +128,32 @@ def test_option_labels_are_the_other_healthcheck_labels_without_their_prefix() -
     assert option_labels(labels) == {"method": "HEAD"}
 
 
-def test_container_with_option_labels_is_skipped_until_options_are_supported() -> None:
-    with pytest.raises(ContainerSkipped, match=r"label 'healthcheck\.method': per-target check"):
-        container_target(container({**WEB, "healthcheck.method": "HEAD"}), None)
+def test_option_labels_are_the_targets_check_options_over_the_check_defaults() -> None:
+    labels = {**WEB, "healthcheck.method": "HEAD", "healthcheck.expect_status": "200-204"}
+    defaults = parse_check_defaults('{"method": "OPTIONS", "fall": 5}')
+    target = container_target(container(labels), None, defaults)
+    assert target is not None
+    assert target.options == CheckOptions(method="HEAD", expect_status=((200, 204),), fall=5)
+
+
+def test_container_without_option_labels_gets_the_check_defaults() -> None:
+    target = container_target(container(WEB), None, parse_check_defaults('{"scheme": "https"}'))
+    assert target is not None and target.url == "https://127.0.0.1:8080/health"
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "reason"),
+    [
+        ("method", "G T", "healthcheck.\\* labels: method: 'G T' is not an HTTP method"),
+        ("methd", "GET", "healthcheck.\\* labels: unknown option label 'methd'"),
+        ("fall", "0", "healthcheck.\\* labels: fall"),
+    ],
+)
+def test_bad_option_label_skips_the_container_naming_the_option(
+    option: str, value: str, reason: str
+) -> None:
+    with pytest.raises(ContainerSkipped, match=reason):
+        container_target(container({**WEB, f"healthcheck.{option}": value}), None)
 
 
 def test_listing_names_each_skipped_container_and_keeps_the_good_ones() -> None:
@@ -360,7 +387,8 @@ async def test_container_with_bad_labels_is_skipped_with_one_log_line(
     await containers.httpd(followed.app)  # one more re-list
     await followed.until(lambda t: len(t) == 2, "the second good container")
     skipped = [r for r in followed.log if r.getMessage() == "docker container skipped"]
-    assert [getattr(r, "error", "") for r in skipped] == [
+    ours = [getattr(r, "error", "") for r in skipped if bad.name in getattr(r, "error", "")]
+    assert ours == [
         f"container '{bad.name}': label 'healthcheck.path': path 'x' must start with '/'"
     ]
     assert bad.short_id not in {t.id for t in followed.targets()}
@@ -369,46 +397,58 @@ async def test_container_with_bad_labels_is_skipped_with_one_log_line(
 async def test_container_on_a_network_of_its_own_is_readdressed_when_its_ip_changes(
     docker_engine: Engine, busybox_image: str, followed: Followed
 ) -> None:
-    # An internal network on a documentation range: nothing here ever sends a packet there
-    # (no checks run in this test; the source only reads the engine).
-    network = f"hc-test-{uuid.uuid4().hex[:8]}"
-    await docker_engine.arun(
-        "network", "create", "--internal", "--subnet=192.0.2.0/24", f"--label={TEST_LABEL}=1",
-        network,
-    )  # fmt: skip
+    # Internal networks with the engine's own address pools. Nothing here ever sends a packet
+    # to them: no checks run in this test, the source only reads the engine.
+    networks = [f"hc-test-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    label = f"--label={TEST_LABEL}={SESSION}"
+    for network in networks:
+        await docker_engine.arun("network", "create", "--internal", label, network)
     name = f"hc-test-{uuid.uuid4().hex[:10]}"
+
+    async def ip_on(network: str) -> str:
+        path = f'(index .NetworkSettings.Networks "{network}").IPAddress'
+        return await docker_engine.arun("inspect", f"--format={{{{{path}}}}}", name)
+
     try:
         await docker_engine.arun(
-            "run", "--detach", f"--name={name}", f"--network={network}", "--ip=192.0.2.10",
+            "run", "--detach", f"--name={name}", f"--network={networks[0]}", label,
             f"--label=healthcheck.app={followed.app}", "--label=healthcheck.port=8080",
-            f"--label={TEST_LABEL}=1", BUSYBOX_IMAGE, "sleep", "600",
+            BUSYBOX_IMAGE, "sleep", "600",
         )  # fmt: skip
-        await followed.until(
-            lambda t: [x.ip for x in t] == ["192.0.2.10"], "the container on its network"
-        )
-        await docker_engine.arun("network", "disconnect", network, name)
-        await docker_engine.arun("network", "connect", "--ip=192.0.2.20", network, name)
-        await followed.until(lambda t: [x.ip for x in t] == ["192.0.2.20"], "the new address")
+        first = await ip_on(networks[0])
+        await followed.until(lambda t: [x.ip for x in t] == [first], "the address on network 1")
+        await docker_engine.arun("network", "connect", networks[1], name)
+        await docker_engine.arun("network", "disconnect", networks[0], name)
+        second = await ip_on(networks[1])
+        await followed.until(lambda t: [x.ip for x in t] == [second], "the address on network 2")
+        assert second != first
     finally:
         await docker_engine.arun("rm", "--force", name)
-        await docker_engine.arun("network", "rm", network)
+        await docker_engine.arun("network", "rm", *networks)
 
 
-async def test_unreachable_engine_keeps_nothing_it_never_had_and_counts_failures() -> None:
+async def test_unreachable_engine_is_retried_with_doubling_backoff_each_failure_logged() -> None:
     logger = logging.getLogger("test.docker.unreachable")
-    source = DockerSource(EngineAddress.parse("unix:///nonexistent/docker.sock"), None, logger)
+    records: list[logging.LogRecord] = []
+    logger.addHandler(_Records(records))
+    logger.propagate = False
+    address = EngineAddress.parse("unix:///nonexistent/docker.sock")
+    source = DockerSource(address, None, logger, backoff=Backoff(first=0.05, longest=0.2))
     with pytest.raises(EngineError, match=r"unix:///nonexistent/docker\.sock"):
         await source.load()
     task = asyncio.create_task(source.run(lambda: None))
     try:
         await eventually(
-            _value(lambda: source.health.failures), lambda n: n >= 2, what="two failed attempts"
+            _value(lambda: source.health.failures), lambda n: n >= 5, what="five failed attempts"
         )
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert source.get_health_check_targets() == []
     assert source.health.last_error is not None and "nonexistent" in source.health.last_error
+    failures = [r.__dict__ for r in records if r.getMessage().startswith("docker engine unreach")]
+    assert [f["retry_in"] for f in failures[:5]] == [0.05, 0.1, 0.2, 0.2, 0.2]
+    assert [f["failures"] for f in failures[:5]] == [1, 2, 3, 4, 5]
 
 
 def _value(read: Callable[[], Any]) -> Callable[[], Any]:
@@ -450,3 +490,83 @@ async def test_engine_behind_a_tcp_socket_proxy_is_followed_too(
         await asyncio.gather(task, return_exceptions=True)
         proxy.close()
         await proxy.wait_closed()
+
+
+# -- an engine that misbehaves ---------------------------------------------------------------
+
+
+@dataclass
+class FakeEngine:
+    """An HTTP server on a unix socket answering as an engine would, until told to misbehave:
+    for what a real engine does not do (a 500 on the listing, a garbled event)."""
+
+    containers: list[dict[str, Any]]
+    list_status: int = 200
+    event_lines: asyncio.Queue[bytes] = field(default_factory=asyncio.Queue)
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/_ping", self.ping)
+        app.router.add_get("/v1.41/containers/json", self.list)
+        app.router.add_get("/v1.41/events", self.events)
+        return app
+
+    async def ping(self, request: web.Request) -> web.Response:
+        return web.Response(text="OK", headers={"API-Version": "1.43"})
+
+    async def list(self, request: web.Request) -> web.Response:
+        if self.list_status != 200:
+            return web.json_response({"message": "boom"}, status=self.list_status)
+        return web.json_response(self.containers)
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        while True:
+            await resp.write(await self.event_lines.get())
+
+
+@pytest_asyncio.fixture
+async def fake_engine(tmp_path: Path) -> AsyncIterator[tuple[FakeEngine, DockerSource]]:
+    engine = FakeEngine([container(WEB)])
+    runner = web.AppRunner(engine.app(), shutdown_timeout=0.1)
+    await runner.setup()
+    socket_path = tmp_path / "engine.sock"
+    await web.UnixSite(runner, str(socket_path)).start()
+    source = DockerSource(EngineAddress.parse(f"unix://{socket_path}"), None, logging.getLogger())
+    task = asyncio.create_task(source.run(lambda: None))
+    try:
+        yield engine, source
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await runner.cleanup()
+
+
+async def test_failed_listing_keeps_the_targets_and_is_counted(
+    fake_engine: tuple[FakeEngine, DockerSource],
+) -> None:
+    engine, source = fake_engine
+    await eventually(_value(source.get_health_check_targets), bool, what="the first listing")
+    engine.list_status = 500
+    engine.containers = []
+    engine.event_lines.put_nowait(b'{"Type": "container", "Action": "die"}\n')
+    await eventually(_value(lambda: source.health.failures), bool, what="a failure")
+    assert [t.id for t in source.get_health_check_targets()] == [CONTAINER_ID[:12]]
+    assert "HTTP 500: 'boom'" in (source.health.last_error or "")
+    engine.list_status = 200  # back: the re-list after the reconnect empties it, for real
+    await eventually(_value(source.get_health_check_targets), lambda t: t == [], what="re-list")
+
+
+@pytest.mark.parametrize(
+    ("line", "error"), [(b"not json\n", "undecodable event"), (b"[1]\n", "not a JSON object")]
+)
+async def test_garbled_event_reconnects_keeping_the_targets(
+    fake_engine: tuple[FakeEngine, DockerSource], line: bytes, error: str
+) -> None:
+    engine, source = fake_engine
+    await eventually(_value(source.get_health_check_targets), bool, what="the first listing")
+    engine.event_lines.put_nowait(line)
+    last_error = _value(lambda: source.health.last_error or "")
+    await eventually(last_error, lambda text: error in text, what=error)
+    assert len(source.get_health_check_targets()) == 1

@@ -16,8 +16,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 
+from exporter.checks.options import OptionValues, options_from_labels
 from exporter.model import Target
-from exporter.settings import quoted
+from exporter.settings import ConfigError, quoted
 from exporter.sources.base import SourceHealth
 from exporter.sources.docker_api import (
     Container,
@@ -101,8 +102,11 @@ def container_address(container: Container, network: str | None) -> str:
     return str(ip)
 
 
-def container_target(container: Container, network: str | None) -> Target | None:
-    """The target a container stands for; None without an app label.
+def container_target(
+    container: Container, network: str | None, defaults: OptionValues | None = None
+) -> Target | None:
+    """The target a container stands for; None without an app label. Its check options are its
+    `healthcheck.<option>` labels over `defaults` (HEALTHCHECK_CHECK_DEFAULTS).
 
     Raises ContainerSkipped naming the label (or setting) that makes it unusable.
     """
@@ -117,18 +121,17 @@ def container_target(container: Container, network: str | None) -> Target | None
     if path is None:
         haloy = app[0] == APP_LABELS[1]
         path = ("", HALOY_DEFAULT_PATH if haloy else DEFAULT_PATH)
-    options = option_labels(labels)
-    if options:
-        first = OPTION_PREFIX + sorted(options)[0]
-        raise ContainerSkipped(
-            f"label {quoted(first)}: per-target check options are not supported by this version"
-        )
+    try:
+        options = options_from_labels(option_labels(labels), f"{OPTION_PREFIX}* labels", defaults)
+    except ConfigError as exc:
+        raise ContainerSkipped(str(exc)) from None
     return Target(
         id=short_id(container),
         app_name=_checked(app, partial(_check_name, "app")),
         ip=container_address(container, network),
         port=_checked(port, _check_port),
         health_check_path=_checked(path, _check_path),
+        options=options,
     )
 
 
@@ -157,13 +160,15 @@ class _Listing:
     skipped: dict[str, str]  # container short id -> why it was skipped
 
 
-def list_targets(containers: list[Container], network: str | None) -> _Listing:
+def list_targets(
+    containers: list[Container], network: str | None, defaults: OptionValues | None = None
+) -> _Listing:
     """The targets among `containers`, sorted by id, and why each labelled misfit was skipped."""
     targets: list[Target] = []
     skipped: dict[str, str] = {}
     for container in containers:
         try:
-            target = container_target(container, network)
+            target = container_target(container, network, defaults)
         except ContainerSkipped as exc:
             skipped[short_id(container)] = f"container {quoted(container_name(container))}: {exc}"
             continue
@@ -195,12 +200,14 @@ class DockerSource:
         network: str | None,
         logger: logging.Logger,
         *,
+        defaults: OptionValues | None = None,
         relist_interval: float = 60.0,
         settle: float = 0.1,
         backoff: Backoff = Backoff(),
     ) -> None:
         self.address = address
         self.network = network
+        self.defaults = defaults  # HEALTHCHECK_CHECK_DEFAULTS, under every container's labels
         self.health = SourceHealth()
         self._logger = logger
         self._relist_interval = relist_interval
@@ -302,7 +309,7 @@ class DockerSource:
 
     def _apply(self, containers: list[Container]) -> bool:
         """Take a listing as the current targets; True if they changed."""
-        listing = list_targets(containers, self.network)
+        listing = list_targets(containers, self.network, self.defaults)
         for container_id, why in listing.skipped.items():
             if self._skipped.get(container_id) != why:
                 self._logger.warning(

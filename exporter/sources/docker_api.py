@@ -24,6 +24,7 @@ from exporter.settings import check_host, parse_port, quoted, split_host_port
 NEWEST_API_VERSION = (1, 41)
 OLDEST_API_VERSION = (1, 24)
 REQUEST_TIMEOUT = 10.0  # seconds for one ordinary request (not the event stream)
+MAX_EVENT_SIZE = 1 << 20  # bytes; an event is a few hundred (its labels included)
 
 Container = Mapping[str, Any]
 """One entry of `GET /containers/json`: Id, Names, Labels, State, HostConfig, NetworkSettings."""
@@ -182,6 +183,8 @@ class EventStream:
             if not chunk:
                 raise EngineError(f"{self._address}: the event stream ended")
             self._buffer += chunk
+            if len(self._buffer) > MAX_EVENT_SIZE and b"\n" not in self._buffer:
+                raise EngineError(f"{self._address}: an event over {MAX_EVENT_SIZE} bytes")
         line, _, self._buffer = self._buffer.partition(b"\n")
         try:
             event = json.loads(line)
