@@ -140,6 +140,7 @@ class HealthMonitor:
         self.checker: Checker = checker or HTTPChecker(config.timeout)
         self.tracker = StateTracker(config.fall, config.rise, initial_state)
         self.panic_threshold = panic_threshold
+        self._panic_enabled = panic_threshold.enabled
         # The last published view of every app against the panic threshold (replaced, never
         # mutated: the updater's thread and the web handlers read it as it is).
         self.panic_view: PanicView = EMPTY_VIEW
@@ -645,7 +646,7 @@ class HealthMonitor:
                 round_.done.set_result(None)
 
     def _record(self, result: Result) -> None:
-        if self.panic_threshold.enabled:
+        if self._panic_enabled:  # a plain attribute: this runs once per check
             self._record_counting(result)
         elif self.tracker.record_result(result):
             self._log_transition(result)

@@ -358,7 +358,7 @@ async def serve(
         admin_api=settings.web_enable_admin_api,
         lifecycle=settings.web_enable_lifecycle,
         reload=lambda: reload_and_report(source),
-        extensions=status_extensions(source, haproxy),
+        extensions=status_extensions(source, haproxy, monitor),
     )
     guard = None if security is None else Guard(security.config)
     app = make_app(
@@ -456,8 +456,14 @@ async def _start_agent(agent: AgentServer, settings: Settings) -> None:
     logger.info("agent ready", extra={"address": ",".join(bound)})
 
 
-def status_extensions(source: TargetSource, haproxy: HAProxyUpdater | None) -> Extensions:
+def status_extensions(
+    source: TargetSource, haproxy: HAProxyUpdater | None, monitor: HealthMonitor
+) -> Extensions:
     """What the status page and /api/v1/status show of the integrations beside the checks."""
+
+    def panic_fields(app: str) -> dict[str, object]:
+        """`panic`: the app is below HEALTHCHECK_PANIC_THRESHOLD, every target routed."""
+        return {"panic": monitor.panic_view.in_panic(app)}
 
     def haproxy_section() -> object:
         if haproxy is None:
@@ -485,7 +491,10 @@ def status_extensions(source: TargetSource, haproxy: HAProxyUpdater | None) -> E
             for each in source.union.sources
         ]
 
-    return Extensions(status_sections={"haproxy": haproxy_section, "sources": sources_section})
+    return Extensions(
+        app_fields=(panic_fields,),
+        status_sections={"haproxy": haproxy_section, "sources": sources_section},
+    )
 
 
 def _format_address(address: object) -> str:

@@ -398,7 +398,7 @@ class Settings(BaseSettings):
         description="Targets from DNS: 'app=SRV-name', 'app=A:name:port' or"
         " 'app=AAAA:name:port' entries separated by commas or spaces (id app-ip-port).",
     )
-    dns_refresh: Duration = Field(
+    dns_refresh: IntervalDuration = Field(
         default=30.0,
         description="Time between two lookups of each HEALTHCHECK_DNS_SD name (a shorter record"
         " TTL wins, down to 1s).",
@@ -412,7 +412,7 @@ class Settings(BaseSettings):
         description="Prometheus HTTP service discovery URL: a JSON list of {targets, labels}"
         " groups, labels as in the targets file (app, path, id).",
     )
-    http_sd_refresh: Duration = Field(
+    http_sd_refresh: IntervalDuration = Field(
         default=60.0,
         description="Time between two fetches of HEALTHCHECK_HTTP_SD_URL (ETag honoured).",
     )
@@ -488,13 +488,15 @@ class Settings(BaseSettings):
         description="host:port HAProxy connects to for agent checks (agent-addr and agent-port in"
         " the HAProxy file); default: the agent listen address, required when that is a wildcard.",
     )
-    agent_inter: Duration = Field(
+    agent_inter: IntervalDuration = Field(
         default=2.0,
         description="Time between two agent checks of one server by HAProxy (agent-inter in the"
         " HAProxy file).",
     )
     agent_timeout: Duration = Field(
         default=1.0,
+        ge=MIN_TIMEOUT,
+        le=MAX_COMMAND_TIME,
         description="Time an agent client may take to send its line before it is dropped.",
     )
     agent_shard_addresses: str | None = Field(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -27,6 +28,14 @@ pytestmark = REQUIRES_HAPROXY
 
 def up(metrics: str, server: str) -> float | None:
     return value(metrics, "healthcheck_target_up", target=server)
+
+
+async def api_panic(proc: ExporterProcess, app: str = "web") -> object:
+    """The app's `panic` field in GET /api/v1/targets (the status page reads the same)."""
+    status, body = await proc.get("/api/v1/targets")
+    assert status == 200, body
+    [summary] = [a for a in json.loads(body)["data"]["apps"] if a["app"] == app]
+    return summary["panic"]
 
 
 def reloaded_since_change(metrics: str) -> bool:
@@ -66,6 +75,7 @@ async def test_panic_keeps_every_server_in_haproxy_until_one_comes_back(tmp_path
                 ),
             )
             await proc.wait_for_log("app in panic")
+            assert await api_panic(proc) is True  # what the status page shows
             if mode != "runtime-api":  # HAProxy has loaded the file written in panic
                 await wait_metric(proc, "a reload after the last write", reloaded_since_change)
             # Every server stays (or is back) in rotation, and stays there round after round.
@@ -87,6 +97,7 @@ async def test_panic_keeps_every_server_in_haproxy_until_one_comes_back(tmp_path
                 lambda m: value(m, "healthcheck_app_panic", app="web") == 0,
             )
             await proc.wait_for_log("app left panic")
+            assert await api_panic(proc) is False
             servers = await hx.wait_for_servers(lambda s: not in_rotation(s, b2.server))
             assert in_rotation(servers, b0.server) and in_rotation(servers, b1.server)
 

@@ -87,8 +87,9 @@ async def test_targets_api_lists_each_target_with_its_state_and_a_summary_per_ap
             data = await get_data(proc, "/api/v1/targets?app=web")
             assert sorted(by_id(data)) == ["web-1", "web-2"]
             assert data["apps"] == [
-                {"app": "web", "total": 2, "healthy": 1, "unhealthy": 1, "checked": 2}
-            ]
+                {"app": "web", "total": 2, "healthy": 1, "unhealthy": 1, "checked": 2,
+                 "panic": False}
+            ]  # fmt: skip
             data = await get_data(proc, "/api/v1/targets?state=unhealthy")
             assert sorted(by_id(data)) == ["web-2"]
             assert [a["app"] for a in data["apps"]] == ["api", "web"]
