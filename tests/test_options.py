@@ -29,12 +29,8 @@ from exporter.checks.options import (
 )
 from exporter.model import DEFAULT_CHECK_OPTIONS, CheckOptions, Target
 from exporter.settings import ConfigError, load_settings
-from exporter.targets import (
-    FileTargetProvider,
-    load_targets_file,
-    parse_targets_document,
-    parse_targets_env,
-)
+from exporter.sources.file import FileTargetProvider, load_targets_file
+from exporter.targets import parse_targets_document, parse_targets_env
 
 BASE = {"app": "web", "ip": "10.0.0.5", "port": 8443}
 
