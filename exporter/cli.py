@@ -216,13 +216,8 @@ def _validate(settings: Settings) -> int:
     source = read_sources(settings)
     targets = source.provider.get_health_check_targets()
     haproxy_updater(settings)
-    for each in source.union.sources:
-        found = each.get_health_check_targets()
-        names = sorted({t.app_name for t in found})
-        print(f"source {each.name}: {len(found)} targets ({', '.join(names) or 'no apps'})")
     if settings.state_file is not None:
         check_replaceable_file("HEALTHCHECK_STATE_FILE", settings.state_file)
-
     web_security(settings)
     apps = sorted({t.app_name for t in targets})
     cfg = settings.monitor_config()
@@ -238,6 +233,10 @@ def _validate(settings: Settings) -> int:
         f"listen {settings.listen_address}"
     )
     print(format_options(targets))
+    for each in source.union.sources:
+        found = each.get_health_check_targets()
+        names = sorted({t.app_name for t in found})
+        print(f"source {each.name}: {len(found)} targets ({', '.join(names) or 'no apps'})")
     return EXIT_OK
 
 
