@@ -219,13 +219,8 @@ def _validate(settings: Settings) -> int:
     targets = source.provider.get_health_check_targets()
     haproxy_updater(settings)
     check_tls_files(targets)
-    for each in source.union.sources:
-        found = each.get_health_check_targets()
-        names = sorted({t.app_name for t in found})
-        print(f"source {each.name}: {len(found)} targets ({', '.join(names) or 'no apps'})")
     if settings.state_file is not None:
         check_replaceable_file("HEALTHCHECK_STATE_FILE", settings.state_file)
-
     web_security(settings)
     apps = sorted({t.app_name for t in targets})
     cfg = settings.monitor_config()
@@ -241,6 +236,10 @@ def _validate(settings: Settings) -> int:
         f"listen {settings.listen_address}"
     )
     print(format_options(targets))
+    for each in source.union.sources:
+        found = each.get_health_check_targets()
+        names = sorted({t.app_name for t in found})
+        print(f"source {each.name}: {len(found)} targets ({', '.join(names) or 'no apps'})")
     return EXIT_OK
 
 

@@ -424,9 +424,9 @@ async def test_validate_prints_the_check_options_in_effect_per_target():
     }
     code, out, err = await run_cli("validate", env=env)
     assert (code, err) == (0, "")
-    # After one line per source: the summary, then the options of each target.
-    assert out.splitlines()[0] == "source env: 3 targets (api, db, web)"
-    lines = out.splitlines()[1:]
+    # The summary, the options of each target, then one line per source.
+    lines = out.splitlines()
+    assert lines[-1] == "source env: 3 targets (api, db, web)"
     assert "interval 15s, fastinter 1s, fall 3" in lines[0]
     assert lines[1] == "check options of 3 of 3 targets (others: the plain check):"
     assert lines[2].split() == [
@@ -444,7 +444,7 @@ async def test_validate_prints_the_check_options_in_effect_per_target():
         "fall=5",
     ]
     code, out, _ = await run_cli("validate", env={"HEALTHCHECK_TARGETS": "web=10.0.0.5:80"})
-    assert out.splitlines()[2] == "every target has the plain check (GET, healthy on 200-399)"
+    assert out.splitlines()[1] == "every target has the plain check (GET, healthy on 200-399)"
 
 
 @pytest.mark.parametrize(
