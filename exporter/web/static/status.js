@@ -95,7 +95,12 @@ function lastCheckCells(target) {
   if (!last) return [el("td", "muted", "not checked yet"), el("td"), el("td", "error")];
   const outcome = last.healthy ? "ok" : last.reason;
   const status = last.status_code === null ? "" : ` ${last.status_code}`;
-  const when = el("td", "", `${outcome}${status}, ${(last.duration_seconds * 1000).toFixed(1)} ms`);
+  let text = `${outcome}${status}, ${(last.duration_seconds * 1000).toFixed(1)} ms`;
+  if (last.tls_not_after) {
+    const days = (last.tls_not_after - Date.now() / 1000) / 86400;
+    text += days < 0 ? ", certificate EXPIRED" : `, certificate ${days.toFixed(0)} d left`;
+  }
+  const when = el("td", "", text);
   when.title = isoTime(last.time);
   return [when, el("td", "", ago(last.time)), el("td", "error", last.error || "")];
 }
