@@ -356,7 +356,7 @@ async def serve(
         admin_api=settings.web_enable_admin_api,
         lifecycle=settings.web_enable_lifecycle,
         reload=lambda: reload_and_report(source),
-        extensions=status_extensions(source, haproxy),
+        extensions=status_extensions(source, haproxy, monitor),
     )
     guard = None if security is None else Guard(security.config)
     app = make_app(
@@ -454,8 +454,14 @@ async def _start_agent(agent: AgentServer, settings: Settings) -> None:
     logger.info("agent ready", extra={"address": ",".join(bound)})
 
 
-def status_extensions(source: TargetSource, haproxy: HAProxyUpdater | None) -> Extensions:
-    """What the status page and /api/v1/status show of the integrations beside the checks."""
+def status_extensions(
+    source: TargetSource, haproxy: HAProxyUpdater | None, monitor: HealthMonitor
+) -> Extensions:
+    """What the status page and the API show beside the checks: each app's panic state, the
+    HAProxy writer, the target sources."""
+
+    def panic_fields(app: str) -> dict[str, object]:
+        return {"panic": app in monitor.apps_in_panic()}
 
     def haproxy_section() -> object:
         if haproxy is None:
@@ -483,7 +489,10 @@ def status_extensions(source: TargetSource, haproxy: HAProxyUpdater | None) -> E
             for each in source.union.sources
         ]
 
-    return Extensions(status_sections={"haproxy": haproxy_section, "sources": sources_section})
+    return Extensions(
+        app_fields=(panic_fields,),
+        status_sections={"haproxy": haproxy_section, "sources": sources_section},
+    )
 
 
 def _format_address(address: object) -> str:

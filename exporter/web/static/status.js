@@ -202,10 +202,9 @@ function renderStatus() {
       `last success ${ago(h.last_reload_success)}`]);
   }
   for (const source of status.sources || []) {
-    if (source.kind !== "file") continue;
-    rows.push(["targets file", source.path]);
-    rows.push(["file reloads", `${source.reload_successes} ok, ${source.reload_failures} failed` +
-      (source.last_error ? `; now: ${source.last_error}` : "")]);
+    rows.push([`source ${source.source}`, `${source.targets} targets, ` +
+      `${source.failures} failures; last read ${ago(source.last_success)}` +
+      (source.last_error ? `; now failing: ${source.last_error}` : "")]);
   }
   if (!rows.length) {
     box.replaceChildren();
