@@ -459,7 +459,8 @@ async def _start_agent(agent: AgentServer, settings: Settings) -> None:
 def status_extensions(
     source: TargetSource, haproxy: HAProxyUpdater | None, monitor: HealthMonitor
 ) -> Extensions:
-    """What the status page and /api/v1/status show of the integrations beside the checks."""
+    """What the status page and the API show beside the checks: each app's panic state, the
+    HAProxy writer, the target sources."""
 
     def panic_fields(app: str) -> dict[str, object]:
         """`panic`: the app is below HEALTHCHECK_PANIC_THRESHOLD, every target routed."""

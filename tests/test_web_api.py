@@ -248,3 +248,28 @@ async def test_reload_endpoint_rereads_the_targets_file_and_reports_a_bad_one(tm
             await wait_for_target(proc, "b", "app", "web")
             assert (await proc.get("/-/reload"))[0] == 405
             await proc.wait_for_log(r"reload requested over HTTP.*client=127.0.0.1")
+
+
+async def test_an_app_in_panic_says_so_in_its_summary_and_sources_report_their_state():
+    async with target_server() as srv:
+        entries = [
+            {"id": f"web-{i}", "app": "web", "ip": "127.0.0.1", "port": srv.port,
+             "path": "/status/503"}
+            for i in (1, 2)
+        ] + [{"id": "api-1", "app": "api", "ip": "127.0.0.1", "port": srv.port}]  # fmt: skip
+        env = {
+            **FAST,
+            "HEALTHCHECK_PANIC_THRESHOLD": "50%",
+            "HEALTHCHECK_TARGETS": json.dumps(entries),
+        }
+        async with exporter(env) as proc:
+            await wait_for_target(proc, "web-2", "state", "unhealthy")
+            for _ in range(100):  # bounded: the panic view follows the next evaluation
+                apps = {a["app"]: a for a in (await get_data(proc, "/api/v1/targets"))["apps"]}
+                if apps["web"]["panic"]:
+                    break
+                await asyncio.sleep(0.05)
+            assert apps["web"]["panic"] is True and apps["api"]["panic"] is False
+            status = await get_data(proc, "/api/v1/status")
+            assert [s["targets"] for s in status["sources"]] == [3]
+            assert status["haproxy"] is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import ssl
 import sys
 import threading
@@ -18,6 +19,7 @@ import yaml
 
 from exporter.web.auth import Guard
 from exporter.web.config import load_web_config
+from exporter.web.tls import WebConfigWatcher
 from tests.certs import Certificates, make_certificates
 from tests.observability import PROMTOOL_INSTALL, background_process, eventually, require_tool
 from tests.process import exporter, run_cli
@@ -365,3 +367,22 @@ async def test_prometheus_scrapes_over_https_with_basic_auth_and_with_a_client_c
             tmp_path, proc.base_url, {"tls_config": {"ca_file": str(certs.ca.cert)}}
         )
         assert health == "down" and "403" in error
+
+
+async def test_reloaded_users_apply_and_a_bad_version_keeps_the_last_good_one(tmp_path: Path):
+    path = write_config(tmp_path, {"basic_auth_users": {"alice": HASH}})
+    config = load_web_config(path)
+    guard = Guard(config)
+    watcher = WebConfigWatcher(config, None, guard.apply, logging.getLogger("test"))
+    alice = basic("alice", PASSWORD)["Authorization"]
+    assert await guard.authorized(alice)
+    other = bcrypt.hashpw(b"new password", bcrypt.gensalt(4)).decode()
+    write_config(tmp_path, {"basic_auth_users": {"alice": other}})
+    assert watcher.reload()
+    assert not await guard.authorized(alice)  # the remembered good password is forgotten too
+    assert await guard.authorized(basic("alice", "new password")["Authorization"])
+    write_config(tmp_path, {"basic_auth_users": {"alice": "not a hash"}})
+    assert not watcher.reload()
+    assert await guard.authorized(basic("alice", "new password")["Authorization"])
+    write_config(tmp_path, {"tls_server_config": {"cert_file": str(path), "key_file": str(path)}})
+    assert not watcher.reload()  # turning TLS on needs a restart

@@ -58,6 +58,7 @@ async def test_status_page_follows_a_killed_backend_down_and_back_without_reload
         "HEALTHCHECK_TIMEOUT": "1s",
         "HEALTHCHECK_FALL": "3",
         "HEALTHCHECK_RISE": "2",
+        "HEALTHCHECK_PANIC_THRESHOLD": "50%",  # with both web targets down, web is in panic
         "HEALTHCHECK_TARGETS": json.dumps(entries),
     }
     async with (
@@ -92,6 +93,9 @@ async def test_status_page_follows_a_killed_backend_down_and_back_without_reload
             page,
             """() => document.querySelector('section[data-app="web"] h2')
                 .textContent.includes('0/2 up')""",
+        )
+        await wait_until(
+            page, """() => document.querySelector('section[data-app="web"] h2 .panic')"""
         )
         first = await page.text_content("main section h2")  # apps in trouble come first
         assert first.startswith("web"), first
@@ -167,6 +171,7 @@ async def test_demo_status_page_shows_the_haproxy_writer_and_its_banner_points_a
         integrations = await page.text_content("#integrations")
         assert "HAProxy file" in integrations and "backends.cfg" in integrations
         assert "writes" in integrations and "ok" in integrations
+        assert "source demo3 targets, 0 failures" in integrations  # a row: name, then value
         await wait_until(
             page,
             """() => document.querySelector('tr[data-id="api-dead"] .progress')

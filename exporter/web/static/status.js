@@ -95,7 +95,12 @@ function lastCheckCells(target) {
   if (!last) return [el("td", "muted", "not checked yet"), el("td"), el("td", "error")];
   const outcome = last.healthy ? "ok" : last.reason;
   const status = last.status_code === null ? "" : ` ${last.status_code}`;
-  const when = el("td", "", `${outcome}${status}, ${(last.duration_seconds * 1000).toFixed(1)} ms`);
+  let text = `${outcome}${status}, ${(last.duration_seconds * 1000).toFixed(1)} ms`;
+  if (last.tls_not_after) {
+    const days = (last.tls_not_after - Date.now() / 1000) / 86400;
+    text += days < 0 ? ", certificate EXPIRED" : `, certificate ${days.toFixed(0)} d left`;
+  }
+  const when = el("td", "", text);
   when.title = isoTime(last.time);
   return [when, el("td", "", ago(last.time)), el("td", "error", last.error || "")];
 }
@@ -197,10 +202,9 @@ function renderStatus() {
       `last success ${ago(h.last_reload_success)}`]);
   }
   for (const source of status.sources || []) {
-    if (source.kind !== "file") continue;
-    rows.push(["targets file", source.path]);
-    rows.push(["file reloads", `${source.reload_successes} ok, ${source.reload_failures} failed` +
-      (source.last_error ? `; now: ${source.last_error}` : "")]);
+    rows.push([`source ${source.source}`, `${source.targets} targets, ` +
+      `${source.failures} failures; last read ${ago(source.last_success)}` +
+      (source.last_error ? `; now failing: ${source.last_error}` : "")]);
   }
   if (!rows.length) {
     box.replaceChildren();
