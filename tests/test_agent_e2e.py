@@ -10,14 +10,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
+from exporter.haproxy.agent import AgentServer, AnswerFromState
+from exporter.haproxy.render import AgentCheck
+from exporter.model import Target
 from exporter.settings import parse_duration
 from exporter.shard import shard_of
+from exporter.state import StateTracker
 from tests.haproxy_proc import (
     MAIN_CFG,
     RUNNING,
@@ -225,3 +230,34 @@ async def test_two_haproxies_two_sharded_exporters_in_agent_mode(tmp_path: Path)
     assert {r.detail for r in results if r.ok} == {f"b{i}" for i in range(6)}
     assert value(metrics1, "healthcheck_agent_requests_total", result="up") > 0
     assert value(metrics1, "healthcheck_agent_requests_total", result="error") == 0
+
+
+async def test_unknown_and_pending_answers_change_nothing_in_haproxy(tmp_path: Path):
+    """HAProxy 2.6 keeps a server's state, up or down, when the agent answers an empty line (an
+    unknown id or a state not confirmed yet)."""
+    tracker = StateTracker(fall=1, rise=1)
+    pending = Target("pending", "web", "127.0.0.1", "1")
+    tracker.apply_targets([pending])
+    agent = AgentServer(AnswerFromState(tracker), logging.getLogger("test.agent"))
+    port = int((await agent.start("127.0.0.1", 0))[0].rsplit(":", 1)[1])
+    check = AgentCheck((("127.0.0.1", port),), 0.1)
+    servers = "".join(
+        f"    server {name} 127.0.0.1:1 {check.server_options(name)}\n"
+        for name in ("ghost", "pending")
+    )
+    try:
+        async with haproxy(tmp_path, "backend web\n" + servers) as hx:
+            for forced in ("down", "up", "down"):
+                for name in ("ghost", "pending"):
+                    await hx.admin(f"set server web/{name} agent {forced}")
+                asked = sum(agent.stats.requests.values())
+                while sum(agent.stats.requests.values()) < asked + 10:  # five rounds each
+                    states = await hx.op_states()
+                    assert states == dict.fromkeys(
+                        ("ghost", "pending"), 0 if forced == "down" else RUNNING
+                    )
+                    await asyncio.sleep(0.02)
+    finally:
+        await agent.stop()
+    assert agent.stats.requests["unknown"] >= 15 and agent.stats.requests["pending"] >= 15
+    assert agent.stats.requests["up"] == agent.stats.requests["down"] == 0

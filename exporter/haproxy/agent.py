@@ -28,7 +28,7 @@ LOG_PERIOD = 60.0  # seconds between two log lines about unknown ids, or about e
 BACKLOG = 4096  # pending connections: HAProxy's checks of many servers arrive in bursts
 
 UP = b"up\n"
-NO_CHANGE = b"\n"  # no state word: HAProxy changes nothing (tested on 2.6)
+NO_CHANGE = b"\n"  # no state word: HAProxy changes nothing (2.6; test_agent_e2e pins it)
 RESULTS = ("up", "down", "pending", "unknown", "error")
 
 Answer = tuple[str, bytes]  # (result label of healthcheck_agent_requests_total, reply line)
