@@ -15,7 +15,14 @@ import pytest
 
 from exporter.haproxy.agent import LINE_LIMIT, AgentServer, AnswerFromState
 from exporter.haproxy.membership import MembershipFile
-from exporter.haproxy.render import AgentCheck, build_backends, haproxy_time, render_default
+from exporter.haproxy.render import (
+    AGENT_HEADER,
+    AgentCheck,
+    TemplateRenderer,
+    build_backends,
+    haproxy_time,
+    render_default,
+)
 from exporter.haproxy.updater import HAProxyOptions, HAProxyUpdater
 from exporter.model import FailureReason, Result, Target, TargetState
 from exporter.settings import ConfigError, load_settings
@@ -229,6 +236,7 @@ async def test_agent_file_changes_with_membership_never_with_health(tmp_path: Pa
             assert time.monotonic() < deadline
             await asyncio.sleep(0.01)
         first = config.read_text()
+        assert first.startswith(AGENT_HEADER)
         assert "server web-1 " in first and "server web-2 " in first
         await asyncio.sleep(0.2)  # several periods with the same targets
         assert updater.stats.writes == {"success": 1, "failure": 0, "unchanged": 0}
@@ -380,3 +388,17 @@ def test_dashboard_shows_agent_answers_in_the_agent_range():
         if any("healthcheck_agent_requests_total" in t["expr"] for t in p.get("targets", []))
     ]
     assert agent_panels and all(200 <= p["id"] <= 219 for p in agent_panels)
+
+
+def test_a_template_gets_the_agent_options_and_the_agent_header(tmp_path: Path):
+    template = tmp_path / "backends.j2"
+    template.write_text(
+        "{{ header }}{% for b in backends %}{% for s in b.servers %}"
+        "server {{ s.name }} {{ s.address }} {{ s.agent }} {{ agent_mode }}\n"
+        "{% endfor %}{% endfor %}"
+    )
+    check = AgentCheck((("127.0.0.1", 9899),), 2.0)
+    backends = build_backends([(WEB1, TargetState.HEALTHY)], agent=check)
+    assert TemplateRenderer(template).render(backends, True, agent_mode=True) == (
+        AGENT_HEADER + "server web-1 127.0.0.1:8081 " + check.server_options("web-1") + " True\n"
+    )
