@@ -20,6 +20,7 @@ from exporter.haproxy import files
 from exporter.haproxy.agent import AgentServer, AnswerFromState
 from exporter.haproxy.membership import MembershipFile
 from exporter.haproxy.render import AgentCheck
+from exporter.haproxy.stats import PassiveFastPath
 from exporter.haproxy.updater import HAProxyOptions, HAProxyUpdater
 from exporter.metrics import ReloadStats, build_labels, take_snapshot
 from exporter.model import ConfigUpdater, Target, TargetProvider
@@ -347,9 +348,20 @@ async def serve(
         if agent_mode
         else None
     )
+    passive = None
+    if settings.haproxy_runtime_socket is not None:
+        passive = PassiveFastPath(
+            settings.haproxy_runtime_socket,
+            settings.haproxy_stat_interval,
+            monitor.tracker,
+            monitor.check_now,
+            logger,
+            settings.haproxy_reload_timeout,
+        )
     labels = build_labels(event_loop_name(), settings.shard or "")
     stats = haproxy.stats if haproxy is not None else None
     agent_stats = agent.stats if agent is not None else None
+    passive_stats = passive.stats if passive is not None else None
     sources = source.union.sources
     saved = saver.stats if saver is not None else None
     api_options = ApiOptions(
@@ -367,6 +379,7 @@ async def serve(
             source.reload_stats,
             stats,
             agent_stats,
+            passive_stats,
             sources=sources,
             state_file=saved,
         ),
@@ -383,6 +396,7 @@ async def serve(
     follow: asyncio.Task[None] | None = None
     saving: asyncio.Task[None] | None = None
     web_watch: asyncio.Task[None] | None = None
+    passive_task: asyncio.Task[None] | None = None
     try:
         context = None if security is None else security.context
         await http.start(settings.listen_host, settings.listen_port, context)
@@ -405,6 +419,8 @@ async def serve(
         monitor.start()
         if saver is not None:
             saving = loop.create_task(saver.run())
+        if passive is not None:
+            passive_task = loop.create_task(passive.run())
         total = len(source.provider.get_health_check_targets())
         logger.info(
             "listening",
@@ -424,7 +440,7 @@ async def serve(
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await source.union.stop()
-        for task in (follow, web_watch):
+        for task in (follow, web_watch, passive_task):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)

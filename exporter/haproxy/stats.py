@@ -1,0 +1,135 @@
+"""The passive fast path: HAProxy's own counters tell us first that a backend fails.
+
+Every `HEALTHCHECK_HAPROXY_STAT_INTERVAL` the exporter reads `show stat` on the stats socket.
+When a server's connection errors (`econ`), response errors (`eresp`), 5xx responses
+(`hrsp_5xx`), retries (`wretr`) or redispatches (`wredis`) grow, the target of that name is
+checked at once, and then at fastinter while it is in transition (the monitor's schedule). Only
+our own checks decide health: the signal only makes us look sooner. HAProxy 2.6 with `retries 3`
+counts `wretr` at once when a server dies and `econ` only after the retries, so retries are part
+of the signal. A counter that goes down (a reload or restart starts every counter at zero) is a
+new baseline, never an increase. (HAProxy manual, "9.1. CSV format" of the management guide.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from exporter.haproxy.reload import ReloadError, cli_command
+from exporter.state import StateTracker
+
+SIGNALS = ("econ", "eresp", "hrsp_5xx", "wretr", "wredis")
+LOG_EVERY = 5.0  # seconds between two log lines about one target's triggers
+ERROR_LOG_EVERY = 60.0  # seconds between two log lines about an unreadable socket
+
+Key = tuple[str, str]  # (backend, server)
+
+
+def parse_show_stat(text: str) -> dict[Key, tuple[int, ...]]:
+    """The signal counters of every server row of a `show stat` answer (empty fields: 0)."""
+    lines = text.removeprefix("# ").splitlines()
+    counters: dict[Key, tuple[int, ...]] = {}
+    for row in csv.DictReader(lines):
+        server = row.get("svname") or ""
+        if server in ("FRONTEND", "BACKEND", "") or not row.get("pxname"):
+            continue
+        counters[(row["pxname"], server)] = tuple(
+            int(value) if (value := row.get(name) or "").isdigit() else 0 for name in SIGNALS
+        )
+    return counters
+
+
+@dataclass
+class CounterWatch:
+    """Which servers' signal counters grew since the last reading. Pure: no I/O, no clock."""
+
+    last: dict[Key, tuple[int, ...]] = field(default_factory=dict)
+
+    def grown(self, now: dict[Key, tuple[int, ...]]) -> list[Key]:
+        """Servers with a counter higher than at the last reading. A new server, or one with
+        any counter lower (counters restart at a reload), only sets a baseline."""
+        grown = []
+        for key, counters in now.items():
+            before = self.last.get(key)
+            if before is None or any(n < b for n, b in zip(counters, before, strict=True)):
+                continue
+            if counters != before:
+                grown.append(key)
+        self.last = now
+        return grown
+
+
+@dataclass
+class PassiveStats:
+    """What `/metrics` shows: triggers by app, and failed reads of the stats socket."""
+
+    triggers: dict[str, int] = field(default_factory=dict)
+    read_failures: int = 0
+
+
+class PassiveFastPath:
+    """Reads `show stat` every `interval` and asks for an immediate check of failing servers."""
+
+    def __init__(
+        self,
+        socket: Path,
+        interval: float,
+        tracker: StateTracker,
+        check_now: Callable[[str], bool],
+        logger: logging.Logger,
+        timeout: float = 5.0,
+    ) -> None:
+        self.socket = socket
+        self.interval = interval
+        self.tracker = tracker
+        self.check_now = check_now
+        self.logger = logger
+        self.timeout = timeout
+        self.stats = PassiveStats()
+        self.watch = CounterWatch()
+        self._logged: dict[str, float] = {}  # target id -> when its last trigger was logged
+        self._error_logged = -float("inf")
+
+    async def run(self) -> None:
+        """Poll until cancelled; a failed read is counted and logged, never fatal."""
+        while True:
+            try:
+                answer = await cli_command(self.socket, "show stat", self.timeout)
+            except (ReloadError, TimeoutError, OSError) as err:
+                self._read_failed(err)
+            else:
+                self.trigger(self.watch.grown(parse_show_stat(answer)))
+            await asyncio.sleep(self.interval)
+
+    def trigger(self, grown: Iterable[Key]) -> None:
+        """Check the targets behind these servers now (server name = target id)."""
+        now = time.monotonic()
+        for backend, server in grown:
+            entry = self.tracker.get_entry(server)
+            if entry is None or not self.check_now(server):
+                continue  # not ours, or its check is already under way
+            app = entry.target.app_name
+            self.stats.triggers[app] = self.stats.triggers.get(app, 0) + 1
+            if now - self._logged.get(server, -float("inf")) >= LOG_EVERY:
+                self._logged[server] = now
+                self.logger.info(
+                    "haproxy saw errors: checking the target now",
+                    extra={"target": server, "app": app, "backend": backend},
+                )
+        if len(self._logged) > 2 * len(self.tracker) + 100:  # forget targets that are gone
+            self._logged = {t: at for t, at in self._logged.items() if now - at < LOG_EVERY}
+
+    def _read_failed(self, err: Exception) -> None:
+        self.stats.read_failures += 1
+        now = time.monotonic()
+        if now - self._error_logged >= ERROR_LOG_EVERY:
+            self._error_logged = now
+            self.logger.warning(
+                "cannot read haproxy stats for the passive fast path",
+                extra={"socket": str(self.socket), "error": str(err) or type(err).__name__},
+            )
