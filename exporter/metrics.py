@@ -288,8 +288,10 @@ class SnapshotCollector(Collector):
         yield lag
 
 
-def _counter_by_result(name: str, help_text: str, counts: dict[str, int]) -> Metric:
-    family = CounterMetricFamily(name, help_text, labels=["result"])
+def _counter_by_result(
+    name: str, help_text: str, counts: dict[str, int], label: str = "result"
+) -> Metric:
+    family = CounterMetricFamily(name, help_text, labels=[label])
     for result, count in sorted(counts.items()):
         family.add_metric([result], count)
     return family
@@ -397,15 +399,13 @@ def _safety_families(snap: Snapshot) -> Iterator[Metric]:
 
 
 def _passive_families(stats: PassiveStats) -> Iterator[Metric]:
-    triggers = CounterMetricFamily(
+    yield _counter_by_result(
         "healthcheck_passive_triggers",
         "Checks started at once because HAProxy's error counters (econ, eresp, hrsp_5xx, wretr,"
         " wredis) of the target's server grew (HEALTHCHECK_HAPROXY_RUNTIME_SOCKET), by app.",
-        labels=["app"],
+        stats.triggers,
+        label="app",
     )
-    for app, count in sorted(stats.triggers.items()):
-        triggers.add_metric([app], count)
-    yield triggers
     yield CounterMetricFamily(
         "healthcheck_passive_stat_read_failures",
         "Failed reads of `show stat` on HEALTHCHECK_HAPROXY_RUNTIME_SOCKET.",

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from exporter.haproxy.reload import ReloadError, cli_command
+from exporter.logs import RateLimitedLog
 from exporter.state import StateTracker
 
 SIGNALS = ("econ", "eresp", "hrsp_5xx", "wretr", "wredis")
@@ -93,7 +94,9 @@ class PassiveFastPath:
         self.stats = PassiveStats()
         self.watch = CounterWatch()
         self._logged: dict[str, float] = {}  # target id -> when its last trigger was logged
-        self._error_logged = -float("inf")
+        self._error_log = RateLimitedLog(
+            logger, "cannot read haproxy stats for the passive fast path", ERROR_LOG_EVERY
+        )
 
     async def run(self) -> None:
         """Poll until cancelled; a failed read is counted and logged, never fatal."""
@@ -126,10 +129,4 @@ class PassiveFastPath:
 
     def _read_failed(self, err: Exception) -> None:
         self.stats.read_failures += 1
-        now = time.monotonic()
-        if now - self._error_logged >= ERROR_LOG_EVERY:
-            self._error_logged = now
-            self.logger.warning(
-                "cannot read haproxy stats for the passive fast path",
-                extra={"socket": str(self.socket), "error": str(err) or type(err).__name__},
-            )
+        self._error_log.warn(socket=str(self.socket), error=str(err) or type(err).__name__)
