@@ -1,10 +1,13 @@
 """Failover benchmark: how fast a dead backend leaves HAProxy's rotation, per reload mode.
 
-Mode `agent` is agent mode (HAProxy asks the exporter every `--agent-inter`; no reload, no
-Runtime API); it also measures the window after an HAProxy reload, where every server starts UP
-until its agent answers: how long a dead server is back in rotation, and the requests that fail.
+Mode `passive` checks every 15 s, with `--interval` as fastinter and the passive fast path on
+(HAProxy's error counters trigger a check at once): eviction within fall x fastinter plus the
+stat interval, whatever the regular interval. Mode `agent` is agent mode (HAProxy asks the
+exporter every `--agent-inter`; no reload, no Runtime API); it also measures the window after
+an HAProxy reload, where every server starts UP until its agent answers: how long a dead server
+is back in rotation, and the requests that fail.
 
-For each mode (signal, master-socket, command, runtime-api) it starts a real HAProxy
+For each mode (signal, master-socket, command, runtime-api, agent, passive) it starts a real HAProxy
 (master-worker), three backends and the exporter (as a user would: env vars, subprocess), sends
 requests through HAProxy without pause, kills one backend and brings it back `--kills` times, and
 reports: time from the kill to the eviction (compare with fall x interval), requests that failed
@@ -44,7 +47,9 @@ from tests.haproxy_proc import (
 from tests.process import exporter, value
 from tests.servers import unused_port
 
-MODES = ("signal", "master-socket", "command", "runtime-api", "agent")
+MODES = ("signal", "master-socket", "command", "runtime-api", "agent", "passive")
+PASSIVE_INTERVAL = "15s"  # mode passive: the regular interval; --interval is its fastinter
+STAT_INTERVAL = 1.0  # HEALTHCHECK_HAPROXY_STAT_INTERVAL's default
 RESULTS = Path(__file__).parent / "results" / "failover.json"
 RELOADS = 5  # HAProxy reloads with a dead server, in mode agent
 
@@ -64,9 +69,20 @@ async def measure(
 ) -> dict[str, object]:
     if mode == "agent":
         return await measure_agent(kills, interval, fall, rise, agent_inter)
+    expected = parse_duration(interval) * fall
     with tempfile.TemporaryDirectory(prefix=f"failover-{mode}-") as tmp:
         async with backends() as (b0, b1, b2), haproxy(Path(tmp)) as hx:
-            env = {**reload_env(mode, hx), **checks_env(interval, fall, rise, (b0, b1, b2))}
+            if mode == "passive":  # HAProxy's counters trigger checks; fastinter until settled
+                env = {
+                    **reload_env("master-socket", hx),
+                    **checks_env(PASSIVE_INTERVAL, fall, rise, (b0, b1, b2)),
+                    "HEALTHCHECK_FASTINTER": interval,
+                    "HEALTHCHECK_DOWNINTER": interval,
+                    "HEALTHCHECK_HAPROXY_RUNTIME_SOCKET": str(hx.admin_socket),
+                }
+                expected += STAT_INTERVAL
+            else:
+                env = {**reload_env(mode, hx), **checks_env(interval, fall, rise, (b0, b1, b2))}
             async with exporter(env) as proc:
                 await hx.wait_for_servers(lambda s: len(s) == 3, 30)
                 windows: list[tuple[float, float]] = []
@@ -85,13 +101,14 @@ async def measure(
     return {
         "mode": mode,
         "kills": kills,
-        "expected_s": parse_duration(interval) * fall,
+        "expected_s": expected,
         "eviction_median_s": statistics.median(evictions),
         "eviction_max_s": max(evictions),
         "requests": len(client.results),
         "failed_before_eviction": len(failed) - len(after),
         "failed_after_eviction": len(after),
         "reloads": value(metrics, "healthcheck_haproxy_reloads_total", result="success") or 0,
+        "passive_triggers": value(metrics, "healthcheck_passive_triggers_total", app="web") or 0,
         "runtime_commands": value(
             metrics, "healthcheck_haproxy_runtime_commands_total", result="success"
         )

@@ -49,16 +49,22 @@ def test_show_stat_rows_give_each_server_its_signal_counters():
     assert counters[("web", "web-2")] == (0,) * len(SIGNALS)
 
 
-def test_growth_triggers_and_a_reload_restart_only_sets_a_baseline():
+def test_growth_triggers_and_a_reload_restart_is_no_increase():
     watch = CounterWatch()
     read = lambda *rows: parse_show_stat(HEADER + "".join(rows))  # noqa: E731
-    assert watch.grown(read(row("web", "a", econ=5), row("web", "b"))) == []  # first: baseline
+    # The first reading is a baseline: its counters may be as old as HAProxy.
+    assert watch.grown(read(row("web", "a", econ=5), row("web", "b"))) == []
     assert watch.grown(read(row("web", "a", econ=5), row("web", "b", wretr=1))) == [("web", "b")]
     assert watch.grown(read(row("web", "a", econ=6), row("web", "b", wretr=1))) == [("web", "a")]
-    # A reload: every counter starts again at zero, some already counting again.
-    assert watch.grown(read(row("web", "a", econ=1), row("web", "b"))) == []
-    assert watch.grown(read(row("web", "a", econ=1), row("web", "b", h5xx=1))) == [("web", "b")]
-    assert watch.grown(read(row("web", "c", econ=9))) == []  # a new server: baseline
+    # A reload: every counter starts again at zero; the drop is no increase...
+    assert watch.grown(read(row("web", "a"), row("web", "b"))) == []
+    assert watch.grown(read(row("web", "a"), row("web", "b", h5xx=1))) == [("web", "b")]
+    # ...but errors counted since the restart are, even when the drop is seen with them.
+    assert watch.grown(read(row("web", "a", econ=2), row("web", "b", h5xx=1))) == [("web", "a")]
+    assert watch.grown(read(row("web", "a", econ=1), row("web", "b"))) == [("web", "a")]
+    # A server that was not there (a reload added it): its counters started at zero.
+    assert watch.grown(read(row("web", "a", econ=1), row("web", "c"))) == []
+    assert watch.grown(read(row("web", "a", econ=1), row("web", "d", econ=9))) == [("web", "d")]
 
 
 def test_triggers_check_our_targets_once_counted_by_app(caplog: pytest.LogCaptureFixture):

@@ -6,8 +6,8 @@ When a server's connection errors (`econ`), response errors (`eresp`), 5xx respo
 checked at once, and then at fastinter while it is in transition (the monitor's schedule). Only
 our own checks decide health: the signal only makes us look sooner. HAProxy 2.6 with `retries 3`
 counts `wretr` at once when a server dies and `econ` only after the retries, so retries are part
-of the signal. A counter that goes down (a reload or restart starts every counter at zero) is a
-new baseline, never an increase. (HAProxy manual, "9.1. CSV format" of the management guide.)
+of the signal. Counters that go down (a reload or restart starts them at zero) are no increase;
+what they counted since the restart is. (HAProxy manual, "9.1. CSV format" of the management guide.)
 """
 
 from __future__ import annotations
@@ -49,19 +49,24 @@ def parse_show_stat(text: str) -> dict[Key, tuple[int, ...]]:
 class CounterWatch:
     """Which servers' signal counters grew since the last reading. Pure: no I/O, no clock."""
 
-    last: dict[Key, tuple[int, ...]] = field(default_factory=dict)
+    last: dict[Key, tuple[int, ...]] | None = None  # None: no reading yet
 
     def grown(self, now: dict[Key, tuple[int, ...]]) -> list[Key]:
-        """Servers with a counter higher than at the last reading. A new server, or one with
-        any counter lower (counters restart at a reload), only sets a baseline."""
+        """Servers with a counter higher than at the last reading. The first reading only sets
+        a baseline (its counters may be old). A counter lower than before means the counters
+        restarted (a reload): that drop is no increase, but what was counted since the restart
+        is, so such a server is compared with zero, as is a server that was not there before
+        (a reload added it, with counters from zero)."""
+        last, self.last = self.last, now
+        if last is None:
+            return []
         grown = []
         for key, counters in now.items():
-            before = self.last.get(key)
+            before = last.get(key)
             if before is None or any(n < b for n, b in zip(counters, before, strict=True)):
-                continue
+                before = (0,) * len(counters)
             if counters != before:
                 grown.append(key)
-        self.last = now
         return grown
 
 
