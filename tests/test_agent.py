@@ -380,14 +380,15 @@ def test_shard_of_the_agent_file_matches_the_checking_replica():
         )
 
 
-def test_dashboard_shows_agent_answers_in_the_agent_range():
+@pytest.mark.parametrize(
+    "metric", ["healthcheck_agent_requests_total", "healthcheck_passive_triggers_total"]
+)
+def test_dashboard_shows_agent_and_passive_metrics_in_the_agent_range(metric: str):
     dashboard = json.loads(DASHBOARD.read_text())
-    agent_panels = [
-        p
-        for p in dashboard["panels"]
-        if any("healthcheck_agent_requests_total" in t["expr"] for t in p.get("targets", []))
+    panels = [
+        p for p in dashboard["panels"] if any(metric in t["expr"] for t in p.get("targets", []))
     ]
-    assert agent_panels and all(200 <= p["id"] <= 219 for p in agent_panels)
+    assert panels and all(200 <= p["id"] <= 219 for p in panels)
 
 
 def test_a_template_gets_the_agent_options_and_the_agent_header(tmp_path: Path):

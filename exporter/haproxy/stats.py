@@ -106,6 +106,8 @@ class PassiveFastPath:
     async def run(self) -> None:
         """Poll until cancelled; a failed read is counted and logged, never fatal."""
         while True:
+            for entry in self.tracker.entries():  # every app's counter shows, zero included
+                self.stats.triggers.setdefault(entry.target.app_name, 0)
             try:
                 answer = await cli_command(self.socket, "show stat", self.timeout)
             except (ReloadError, TimeoutError, OSError) as err:
