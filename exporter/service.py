@@ -20,6 +20,7 @@ from exporter.haproxy import files
 from exporter.haproxy.agent import AgentServer, AnswerFromState
 from exporter.haproxy.membership import MembershipFile
 from exporter.haproxy.render import AgentCheck
+from exporter.haproxy.state_file import StateSavingReloader
 from exporter.haproxy.stats import PassiveFastPath
 from exporter.haproxy.updater import HAProxyOptions, HAProxyUpdater
 from exporter.metrics import ReloadStats, build_labels, take_snapshot
@@ -236,7 +237,7 @@ def haproxy_updater(settings: Settings) -> HAProxyUpdater | None:
             f"HEALTHCHECK_HAPROXY_TEMPLATE: {quoted(str(template))}: {err.strerror or err}"
         ) from None
     try:
-        return HAProxyUpdater(options, logger)
+        updater = HAProxyUpdater(options, logger)
     except jinja2.TemplateError as err:
         where = f"{settings.haproxy_template}"
         if isinstance(err, jinja2.TemplateSyntaxError):
@@ -250,6 +251,12 @@ def haproxy_updater(settings: Settings) -> HAProxyUpdater | None:
         raise ConfigError(
             f"HEALTHCHECK_HAPROXY_TEMPLATE: {settings.haproxy_template}: {err.strerror or err}"
         ) from None
+    state_file, socket = settings.haproxy_server_state_file, settings.haproxy_runtime_socket
+    if state_file is not None and socket is not None and updater.reloader.mode != "none":
+        updater.reloader = StateSavingReloader(
+            updater.reloader, socket, state_file, settings.haproxy_reload_timeout, logger
+        )
+    return updater
 
 
 def check_replaceable_file(variable: str, path: Path) -> None:

@@ -488,6 +488,13 @@ class Settings(BaseSettings):
         " once, then at fastinter until settled.",
     )
 
+    haproxy_server_state_file: Path | None = Field(
+        default=None,
+        description="Before each reload, write `show servers state` here (HAProxy's"
+        " server-state-file, with load-server-state-from-file global), so that a reload keeps"
+        " down servers down; needs HEALTHCHECK_HAPROXY_RUNTIME_SOCKET.",
+    )
+
     # --- agent mode (issue 16): HAProxy agent checks answered by the exporter -------------------
     agent_listen_address: str | None = Field(
         default=None,
@@ -661,6 +668,23 @@ class Settings(BaseSettings):
             if value is None:
                 mode = f"{ENV_PREFIX}HAPROXY_RELOAD: {self.haproxy_reload}"
                 raise ValueError(f"{mode} needs {_variable_name(field)}")
+        return self
+
+    @model_validator(mode="after")
+    def _check_server_state_file(self) -> Settings:
+        if self.haproxy_server_state_file is None or self.haproxy_config is None:
+            return self  # without the file, _check_haproxy names the missing HAPROXY_CONFIG
+        variable = f"{ENV_PREFIX}HAPROXY_SERVER_STATE_FILE"
+        if self.haproxy_runtime_socket is None:
+            raise ValueError(
+                f"{variable}: needs {ENV_PREFIX}HAPROXY_RUNTIME_SOCKET (to read the states)"
+            )
+        if self.haproxy_reload == "none":
+            raise ValueError(f"{variable}: the exporter makes no reload with HAPROXY_RELOAD=none")
+        if not self.haproxy_server_state_file.parent.is_dir():
+            raise ValueError(
+                f"{variable}: directory {self.haproxy_server_state_file.parent} does not exist"
+            )
         return self
 
     @model_validator(mode="after")

@@ -34,10 +34,12 @@ from tests.haproxy_proc import (
     haproxy,
     haproxy_binary,
     load,
+    reload_env,
     unexplained_failures,
 )
 from tests.process import ExporterProcess, exporter, stop_process, value
 from tests.servers import unused_port
+from tests.test_haproxy_e2e import dump_log_on_failure, write_targets
 
 pytestmark = pytest.mark.skipif(
     haproxy_binary() is None, reason="haproxy not installed (scripts/test.sh installs it)"
@@ -55,12 +57,15 @@ EVICTION_BOUND = FALL * parse_duration(INTERVAL) + parse_duration(AGENT_INTER) +
 
 
 async def wait_everywhere(
-    proxies: list[HAProxy], condition: Callable[[dict[str, int]], bool], timeout: float
+    proxies: list[HAProxy],
+    condition: Callable[[dict[str, int]], bool],
+    timeout: float,
+    backends: tuple[str, ...] = ("web", "api"),
 ) -> float:
     """Poll every HAProxy until `condition` holds in all of them; returns when it did."""
     deadline = time.monotonic() + timeout
     while True:
-        states = [await hx.op_states("web", "api") for hx in proxies]
+        states = [await hx.op_states(*backends) for hx in proxies]
         if all(condition(s) for s in states):
             return time.monotonic()
         if time.monotonic() > deadline:
@@ -277,3 +282,47 @@ async def test_unknown_and_pending_answers_change_nothing_in_haproxy(tmp_path: P
         await agent.stop()
     assert agent.stats.requests["unknown"] >= 15 and agent.stats.requests["pending"] >= 15
     assert agent.stats.requests["up"] == agent.stats.requests["down"] == 0
+
+
+STATE_FILE_CFG = MAIN_CFG.replace(
+    "    log stderr", "    server-state-file {dir}/server-state\n    log stderr"
+).replace("    retries 0\n", "    retries 0\n    load-server-state-from-file global\n")
+
+
+async def test_a_reload_keeps_a_down_server_down_with_the_server_state_file(tmp_path: Path):
+    """Without the saved states, a reload starts the dead server UP until its agent answers
+    (up to agent-inter, bench.failover mode agent); with them it never comes back."""
+    async with backends(3) as started, haproxy(tmp_path, "backend web\n", STATE_FILE_CFG) as hx:
+        targets_file = tmp_path / "targets.yml"
+        write_targets(targets_file, started)
+        env = {
+            "HEALTHCHECK_INTERVAL": "200ms",
+            "HEALTHCHECK_TIMEOUT": "1s",
+            "HEALTHCHECK_FALL": "2",
+            "HEALTHCHECK_TARGETS_FILE": str(targets_file),
+            "HEALTHCHECK_AGENT_LISTEN_ADDRESS": f"127.0.0.1:{unused_port()}",
+            "HEALTHCHECK_AGENT_INTER": "2s",
+            **reload_env("master-socket", hx),
+            "HEALTHCHECK_HAPROXY_RUNTIME_SOCKET": str(hx.admin_socket),
+            "HEALTHCHECK_HAPROXY_SERVER_STATE_FILE": str(tmp_path / "server-state"),
+        }
+        async with exporter(env) as proc, dump_log_on_failure(proc):
+            await wait_everywhere([hx], lambda s: len(s) == 3, 15, ("web",))
+            # The last server's first agent check after a reload comes last (HAProxy spreads
+            # them over agent-inter by position): the widest window.
+            dead = max(started, key=lambda b: b.server)
+            await dead.kill()
+            await wait_everywhere([hx], lambda s: s[dead.server] != RUNNING, 15, ("web",))
+            write_targets(targets_file, started, extra=[("web", unused_port())])  # a reload
+            deadline = time.monotonic() + 30
+            while len(states := await hx.op_states()) < 4:
+                assert states[dead.server] != RUNNING, "the reload brought the dead server back"
+                assert time.monotonic() < deadline, "the new target never reached HAProxy"
+                await asyncio.sleep(0.01)
+            watch_until = time.monotonic() + 2 * 2.0  # two agent-inters after the reload
+            while time.monotonic() < watch_until:
+                assert (await hx.op_states())[dead.server] != RUNNING, "UP after the reload"
+                await asyncio.sleep(0.01)
+            metrics = await proc.metrics()
+    assert value(metrics, "healthcheck_haproxy_reloads_total", result="success") == 2
+    assert "server-state" in {p.name for p in tmp_path.iterdir()}
