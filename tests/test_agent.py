@@ -23,6 +23,7 @@ from exporter.haproxy.render import (
     haproxy_time,
     render_default,
 )
+from exporter.haproxy.state_file import StateSavingReloader
 from exporter.haproxy.updater import HAProxyOptions, HAProxyUpdater
 from exporter.model import FailureReason, Result, Target, TargetState
 from exporter.settings import ConfigError, load_settings
@@ -403,3 +404,58 @@ def test_a_template_gets_the_agent_options_and_the_agent_header(tmp_path: Path):
     assert TemplateRenderer(template).render(backends, True, agent_mode=True) == (
         AGENT_HEADER + "server web-1 127.0.0.1:8081 " + check.server_options("web-1") + " True\n"
     )
+
+
+# -- the server state file (closes the window after a reload) ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({}, "HEALTHCHECK_HAPROXY_SERVER_STATE_FILE: needs HEALTHCHECK_HAPROXY_RUNTIME_SOCKET"),
+        (
+            {"HEALTHCHECK_HAPROXY_RUNTIME_SOCKET": "/s", "HEALTHCHECK_HAPROXY_RELOAD": "none"},
+            "HEALTHCHECK_HAPROXY_SERVER_STATE_FILE: the exporter makes no reload",
+        ),
+    ],
+)
+def test_server_state_file_needs_the_socket_and_a_reload(
+    tmp_path: Path, env: dict[str, str], message: str
+):
+    base = {
+        "HEALTHCHECK_HAPROXY_CONFIG": str(tmp_path / "backends.cfg"),
+        "HEALTHCHECK_HAPROXY_RELOAD": "signal",
+        "HEALTHCHECK_HAPROXY_PIDFILE": "/run/haproxy.pid",
+        "HEALTHCHECK_HAPROXY_SERVER_STATE_FILE": str(tmp_path / "server-state"),
+    }
+    with pytest.raises(ConfigError, match=message):
+        load_settings({**base, **env})
+
+
+def test_server_state_file_in_a_missing_directory_is_named(tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"SERVER_STATE_FILE: directory .*/nope does not exist"):
+        load_settings(
+            {
+                "HEALTHCHECK_HAPROXY_CONFIG": str(tmp_path / "backends.cfg"),
+                "HEALTHCHECK_HAPROXY_RELOAD": "signal",
+                "HEALTHCHECK_HAPROXY_PIDFILE": "/run/haproxy.pid",
+                "HEALTHCHECK_HAPROXY_RUNTIME_SOCKET": "/s",
+                "HEALTHCHECK_HAPROXY_SERVER_STATE_FILE": str(tmp_path / "nope" / "state"),
+            }
+        )
+
+
+async def test_a_failed_state_save_removes_the_stale_file_and_still_reloads(tmp_path: Path):
+    class Counting:
+        mode = "signal"
+        reloads = 0
+
+        async def reload(self) -> None:
+            self.reloads += 1
+
+    stale = tmp_path / "server-state"
+    stale.write_text("1\n# stale\n")
+    inner = Counting()
+    reloader = StateSavingReloader(inner, tmp_path / "no.sock", stale, 1.0, logging.getLogger("p"))
+    await reloader.reload()
+    assert inner.reloads == 1 and reloader.failures == 1 and not stale.exists()
