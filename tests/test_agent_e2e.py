@@ -26,6 +26,8 @@ from exporter.state import StateTracker
 from tests.haproxy_proc import (
     MAIN_CFG,
     RUNNING,
+    SERVER_STATE,
+    STATE_FILE_CFG,
     Backend,
     HAProxy,
     Load,
@@ -284,11 +286,6 @@ async def test_unknown_and_pending_answers_change_nothing_in_haproxy(tmp_path: P
     assert agent.stats.requests["up"] == agent.stats.requests["down"] == 0
 
 
-STATE_FILE_CFG = MAIN_CFG.replace(
-    "    log stderr", "    server-state-file {dir}/server-state\n    log stderr"
-).replace("    retries 0\n", "    retries 0\n    load-server-state-from-file global\n")
-
-
 async def test_a_reload_keeps_a_down_server_down_with_the_server_state_file(tmp_path: Path):
     """Without the saved states, a reload starts the dead server UP until its agent answers
     (up to agent-inter, bench.failover mode agent); with them it never comes back."""
@@ -304,7 +301,7 @@ async def test_a_reload_keeps_a_down_server_down_with_the_server_state_file(tmp_
             "HEALTHCHECK_AGENT_INTER": "2s",
             **reload_env("master-socket", hx),
             "HEALTHCHECK_HAPROXY_RUNTIME_SOCKET": str(hx.admin_socket),
-            "HEALTHCHECK_HAPROXY_SERVER_STATE_FILE": str(tmp_path / "server-state"),
+            "HEALTHCHECK_HAPROXY_SERVER_STATE_FILE": str(tmp_path / SERVER_STATE),
         }
         async with exporter(env) as proc, dump_log_on_failure(proc):
             await wait_everywhere([hx], lambda s: len(s) == 3, 15, ("web",))
@@ -325,4 +322,4 @@ async def test_a_reload_keeps_a_down_server_down_with_the_server_state_file(tmp_
                 await asyncio.sleep(0.01)
             metrics = await proc.metrics()
     assert value(metrics, "healthcheck_haproxy_reloads_total", result="success") == 2
-    assert "server-state" in {p.name for p in tmp_path.iterdir()}
+    assert (tmp_path / SERVER_STATE).read_text().startswith("1\n")
