@@ -1,10 +1,14 @@
 """Failover benchmark: how fast a dead backend leaves HAProxy's rotation, per reload mode.
 
-Mode `agent` is agent mode (HAProxy asks the exporter every `--agent-inter`; no reload, no
-Runtime API); it also measures the window after an HAProxy reload, where every server starts UP
-until its agent answers: how long a dead server is back in rotation, and the requests that fail.
+Mode `passive` checks every 15 s, with `--interval` as fastinter and the passive fast path on
+(HAProxy's error counters trigger a check at once): eviction within fall x fastinter plus the
+stat interval, whatever the regular interval. Mode `agent` is agent mode (HAProxy asks the
+exporter every `--agent-inter`; no reload, no Runtime API); it also measures the window after
+an HAProxy reload, where every server starts UP until its agent answers: how long a dead server
+is back in rotation, and the requests that fail; mode `agent+state-file` does the same with
+HAProxy's server-state-file written before each reload.
 
-For each mode (signal, master-socket, command, runtime-api) it starts a real HAProxy
+For each mode (signal, master-socket, command, runtime-api, agent, passive) it starts a real HAProxy
 (master-worker), three backends and the exporter (as a user would: env vars, subprocess), sends
 requests through HAProxy without pause, kills one backend and brings it back `--kills` times, and
 reports: time from the kill to the eviction (compare with the bound, interval + (fall - 1) x
@@ -38,7 +42,10 @@ from pathlib import Path
 
 from exporter.settings import parse_duration
 from tests.haproxy_proc import (
+    MAIN_CFG,
     RUNNING,
+    SERVER_STATE,
+    STATE_FILE_CFG,
     Backend,
     HAProxy,
     backends,
@@ -52,7 +59,17 @@ from tests.haproxy_proc import (
 from tests.process import exporter, value
 from tests.servers import unused_port
 
-MODES = ("signal", "master-socket", "command", "runtime-api", "agent")
+MODES = (
+    "signal",
+    "master-socket",
+    "command",
+    "runtime-api",
+    "agent",
+    "agent+state-file",
+    "passive",
+)
+PASSIVE_INTERVAL = "15s"  # mode passive: the regular interval; --interval is its fastinter
+STAT_INTERVAL = 1.0  # HEALTHCHECK_HAPROXY_STAT_INTERVAL's default
 RESULTS = Path(__file__).parent / "results" / "failover.json"
 RELOADS = 5  # HAProxy reloads with a dead server, in mode agent
 
@@ -86,14 +103,29 @@ async def measure(
     fastinter: str | None = None,
     spread: bool = False,
 ) -> dict[str, object]:
-    if mode == "agent":
-        return await measure_agent(kills, interval, fall, rise, agent_inter)
+    if mode in ("agent", "agent+state-file"):
+        return await measure_agent(
+            kills, interval, fall, rise, agent_inter, mode == "agent+state-file"
+        )
+    expected = eviction_bound(
+        parse_duration(interval), fall, parse_duration(fastinter) if fastinter else None
+    )
     with tempfile.TemporaryDirectory(prefix=f"failover-{mode}-") as tmp:
         async with backends() as (b0, b1, b2), haproxy(Path(tmp)) as hx:
-            env = {
-                **reload_env(mode, hx),
-                **checks_env(interval, fall, rise, (b0, b1, b2), fastinter),
-            }
+            if mode == "passive":  # HAProxy's counters trigger checks; fastinter until settled
+                env = {
+                    **reload_env("master-socket", hx),
+                    **checks_env(PASSIVE_INTERVAL, fall, rise, (b0, b1, b2)),
+                    "HEALTHCHECK_FASTINTER": interval,
+                    "HEALTHCHECK_DOWNINTER": interval,
+                    "HEALTHCHECK_HAPROXY_RUNTIME_SOCKET": str(hx.admin_socket),
+                }
+                expected = parse_duration(interval) * fall + STAT_INTERVAL
+            else:
+                env = {
+                    **reload_env(mode, hx),
+                    **checks_env(interval, fall, rise, (b0, b1, b2), fastinter),
+                }
             async with exporter(env) as proc:
                 await hx.wait_for_servers(lambda s: len(s) == 3, 30)
                 windows: list[tuple[float, float]] = []
@@ -116,15 +148,14 @@ async def measure(
         "kills": kills,
         "interval_s": parse_duration(interval),
         "fastinter_s": parse_duration(fastinter) if fastinter else None,
-        "expected_s": eviction_bound(
-            parse_duration(interval), fall, parse_duration(fastinter) if fastinter else None
-        ),
+        "expected_s": expected,
         "eviction_median_s": statistics.median(evictions),
         "eviction_max_s": max(evictions),
         "requests": len(client.results),
         "failed_before_eviction": len(failed) - len(after),
         "failed_after_eviction": len(after),
         "reloads": value(metrics, "healthcheck_haproxy_reloads_total", result="success") or 0,
+        "passive_triggers": value(metrics, "healthcheck_passive_triggers_total", app="web") or 0,
         "runtime_commands": value(
             metrics, "healthcheck_haproxy_runtime_commands_total", result="success"
         )
@@ -141,8 +172,12 @@ async def wait_op_state(hx: HAProxy, server: str, running: bool, timeout: float 
     return time.monotonic()
 
 
-async def reload_window(hx: HAProxy, server: str, watch: float) -> float:
-    """Reload HAProxy while `server` is down; how long it is back UP before its agent answers."""
+async def reload_window(hx: HAProxy, server: str, watch: float, save_states: bool) -> float:
+    """Reload HAProxy while `server` is down; how long it is back UP before its agent answers.
+    With `save_states`, `show servers state` goes to HAProxy's server-state-file first (what
+    HEALTHCHECK_HAPROXY_SERVER_STATE_FILE does before the exporter's reloads)."""
+    if save_states:
+        (hx.dir / SERVER_STATE).write_text(await hx.admin("show servers state"))
     reloaded = time.monotonic()
     os.kill(int(hx.pidfile.read_text().split()[0]), signal.SIGUSR2)
     last_up = reloaded
@@ -154,11 +189,12 @@ async def reload_window(hx: HAProxy, server: str, watch: float) -> float:
 
 
 async def measure_agent(
-    kills: int, interval: str, fall: int, rise: int, agent_inter: str
+    kills: int, interval: str, fall: int, rise: int, agent_inter: str, save_states: bool = False
 ) -> dict[str, object]:
     inter = parse_duration(agent_inter)
+    main_cfg = STATE_FILE_CFG if save_states else MAIN_CFG
     with tempfile.TemporaryDirectory(prefix="failover-agent-") as tmp:
-        async with backends() as (b0, b1, b2), haproxy(Path(tmp)) as hx:
+        async with backends() as (b0, b1, b2), haproxy(Path(tmp), main_cfg=main_cfg) as hx:
             env = {
                 **reload_env("master-socket", hx),  # loads the file once at start
                 **checks_env(interval, fall, rise, (b0, b1, b2)),
@@ -183,7 +219,8 @@ async def measure_agent(
                     windows.append((killed, await wait_op_state(hx, b1.server, False)))
                     reload_started = time.monotonic()
                     up_after_reload = [
-                        await reload_window(hx, b1.server, 3 * inter) for _ in range(RELOADS)
+                        await reload_window(hx, b1.server, 3 * inter, save_states)
+                        for _ in range(RELOADS)
                     ]
                     await b1.start()
                     await wait_op_state(hx, b1.server, True)
@@ -193,7 +230,7 @@ async def measure_agent(
     after = unexplained_failures(client.results, windows)
     reload_failures = [r for r in after if r.started >= reload_started]
     return {
-        "mode": "agent",
+        "mode": "agent+state-file" if save_states else "agent",
         "kills": kills,
         "interval_s": parse_duration(interval),
         "fastinter_s": None,

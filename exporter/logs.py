@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -62,3 +63,22 @@ def configure_logging(level: str = "info", fmt: str = "logfmt") -> None:
     logging.getLogger("aiohttp.access").setLevel(
         logging.DEBUG if level == "debug" else logging.WARNING
     )
+
+
+class RateLimitedLog:
+    """At most one warning per period; the ones held back are counted into the next."""
+
+    def __init__(self, logger: logging.Logger, message: str, period: float) -> None:
+        self.logger = logger
+        self.message = message
+        self.period = period
+        self.logged_at = -float("inf")
+        self.held_back = 0
+
+    def warn(self, **fields: object) -> None:
+        now = time.monotonic()
+        if now - self.logged_at < self.period:
+            self.held_back += 1
+            return
+        self.logger.warning(self.message, extra={**fields, "held_back": self.held_back})
+        self.logged_at, self.held_back = now, 0

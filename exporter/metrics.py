@@ -26,6 +26,7 @@ from prometheus_client.registry import REGISTRY, Collector
 from exporter import __version__
 from exporter.checks import HTTPChecker
 from exporter.haproxy.agent import AgentStats
+from exporter.haproxy.stats import PassiveStats
 from exporter.haproxy.updater import HAProxyStats
 from exporter.model import Config, TargetState
 from exporter.monitor import HealthMonitor
@@ -85,6 +86,7 @@ class Snapshot:
     panic: dict[str, bool] | None = None  # app -> in panic
     state_file: StateFileStats | None = None
     asyncio_tasks: int = 0
+    passive: PassiveStats | None = None
 
 
 def take_snapshot(
@@ -93,6 +95,7 @@ def take_snapshot(
     reloads: ReloadStats | None = None,
     haproxy: HAProxyStats | None = None,
     agent: AgentStats | None = None,
+    passive: PassiveStats | None = None,
     *,
     sources: Sequence[Source] = (),
     state_file: StateFileStats | None = None,
@@ -134,6 +137,7 @@ def take_snapshot(
         panic={app: health.panic for app, health in monitor.panic_view.apps.items()},
         state_file=copy.deepcopy(state_file),
         asyncio_tasks=len(asyncio.all_tasks()),
+        passive=copy.deepcopy(passive),
     )
 
 
@@ -157,6 +161,8 @@ class SnapshotCollector(Collector):
         yield from self._histograms()
         if self.snapshot.haproxy is not None:
             yield from _haproxy_families(self.snapshot.haproxy)
+        if self.snapshot.passive is not None:
+            yield from _passive_families(self.snapshot.passive)
         if self.snapshot.agent is not None:
             yield _counter_by_result(
                 "healthcheck_agent_requests",
@@ -282,8 +288,10 @@ class SnapshotCollector(Collector):
         yield lag
 
 
-def _counter_by_result(name: str, help_text: str, counts: dict[str, int]) -> Metric:
-    family = CounterMetricFamily(name, help_text, labels=["result"])
+def _counter_by_result(
+    name: str, help_text: str, counts: dict[str, int], label: str = "result"
+) -> Metric:
+    family = CounterMetricFamily(name, help_text, labels=[label])
     for result, count in sorted(counts.items()):
         family.add_metric([result], count)
     return family
@@ -387,6 +395,21 @@ def _safety_families(snap: Snapshot) -> Iterator[Metric]:
         "healthcheck_state_file_stale",
         "1 while the last save of HEALTHCHECK_STATE_FILE failed (retried with backoff).",
         value=int(snap.state_file.stale),
+    )
+
+
+def _passive_families(stats: PassiveStats) -> Iterator[Metric]:
+    yield _counter_by_result(
+        "healthcheck_passive_triggers",
+        "Checks started at once because HAProxy's error counters (econ, eresp, hrsp_5xx, wretr,"
+        " wredis) of the target's server grew (HEALTHCHECK_HAPROXY_RUNTIME_SOCKET), by app.",
+        stats.triggers,
+        label="app",
+    )
+    yield CounterMetricFamily(
+        "healthcheck_passive_stat_read_failures",
+        "Failed reads of `show stat` on HEALTHCHECK_HAPROXY_RUNTIME_SOCKET.",
+        value=stats.read_failures,
     )
 
 

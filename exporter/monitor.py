@@ -263,6 +263,17 @@ class HealthMonitor:
         if self._running and self.config.enabled:
             await self._round(target_ids)
 
+    def check_now(self, target_id: str) -> bool:
+        """Check one target at once, out of its schedule (the passive fast path: HAProxy saw
+        it fail); its slots go on from there, at fastinter if the result puts it in transition.
+        False (nothing done) if the target is unknown, not scheduled yet, or being checked."""
+        if not self._scheduling or target_id not in self._due or target_id in self._pending:
+            return False
+        assert self._loop is not None
+        self._schedule(target_id, self._loop.time())
+        self._wake()
+        return True
+
     def refresh_targets(self) -> None:
         """Ask the scheduler to re-read the provider now (e.g. the targets file changed)."""
         self._next_sync = 0.0

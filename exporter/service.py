@@ -20,6 +20,8 @@ from exporter.haproxy import files
 from exporter.haproxy.agent import AgentServer, AnswerFromState
 from exporter.haproxy.membership import MembershipFile
 from exporter.haproxy.render import AgentCheck
+from exporter.haproxy.state_file import StateSavingReloader
+from exporter.haproxy.stats import PassiveFastPath
 from exporter.haproxy.updater import HAProxyOptions, HAProxyUpdater
 from exporter.metrics import ReloadStats, build_labels, take_snapshot
 from exporter.model import ConfigUpdater, Target, TargetProvider
@@ -237,7 +239,7 @@ def haproxy_updater(settings: Settings) -> HAProxyUpdater | None:
             f"HEALTHCHECK_HAPROXY_TEMPLATE: {quoted(str(template))}: {err.strerror or err}"
         ) from None
     try:
-        return HAProxyUpdater(options, logger)
+        updater = HAProxyUpdater(options, logger)
     except jinja2.TemplateError as err:
         where = f"{settings.haproxy_template}"
         if isinstance(err, jinja2.TemplateSyntaxError):
@@ -251,6 +253,12 @@ def haproxy_updater(settings: Settings) -> HAProxyUpdater | None:
         raise ConfigError(
             f"HEALTHCHECK_HAPROXY_TEMPLATE: {settings.haproxy_template}: {err.strerror or err}"
         ) from None
+    state_file, socket = settings.haproxy_server_state_file, settings.haproxy_runtime_socket
+    if state_file is not None and socket is not None and updater.reloader.mode != "none":
+        updater.reloader = StateSavingReloader(
+            updater.reloader, socket, state_file, settings.haproxy_reload_timeout, logger
+        )
+    return updater
 
 
 def check_replaceable_file(variable: str, path: Path) -> None:
@@ -349,9 +357,20 @@ async def serve(
         if agent_mode
         else None
     )
+    passive = None
+    if settings.haproxy_runtime_socket is not None:
+        passive = PassiveFastPath(
+            settings.haproxy_runtime_socket,
+            settings.haproxy_stat_interval,
+            monitor.tracker,
+            monitor.check_now,
+            logger,
+            settings.haproxy_reload_timeout,
+        )
     labels = build_labels(event_loop_name(), settings.shard or "")
     stats = haproxy.stats if haproxy is not None else None
     agent_stats = agent.stats if agent is not None else None
+    passive_stats = passive.stats if passive is not None else None
     sources = source.union.sources
     saved = saver.stats if saver is not None else None
     api_options = ApiOptions(
@@ -369,6 +388,7 @@ async def serve(
             source.reload_stats,
             stats,
             agent_stats,
+            passive_stats,
             sources=sources,
             state_file=saved,
         ),
@@ -385,6 +405,7 @@ async def serve(
     follow: asyncio.Task[None] | None = None
     saving: asyncio.Task[None] | None = None
     web_watch: asyncio.Task[None] | None = None
+    passive_task: asyncio.Task[None] | None = None
     try:
         context = None if security is None else security.context
         await http.start(settings.listen_host, settings.listen_port, context)
@@ -407,6 +428,8 @@ async def serve(
         monitor.start()
         if saver is not None:
             saving = loop.create_task(saver.run())
+        if passive is not None:
+            passive_task = loop.create_task(passive.run())
         total = len(source.provider.get_health_check_targets())
         logger.info(
             "listening",
@@ -426,7 +449,7 @@ async def serve(
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await source.union.stop()
-        for task in (follow, web_watch):
+        for task in (follow, web_watch, passive_task):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)

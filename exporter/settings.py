@@ -35,6 +35,8 @@ from exporter.panic import PanicThreshold
 from exporter.shard import Shard
 
 ENV_PREFIX = "HEALTHCHECK_"
+# The stats socket also feeds the passive fast path, which needs no HAProxy file.
+PASSIVE_FIELDS = ("haproxy_runtime_socket", "haproxy_stat_interval")
 
 
 class ConfigError(Exception):
@@ -469,12 +471,28 @@ class Settings(BaseSettings):
     )
     haproxy_runtime_socket: Path | None = Field(
         default=None,
-        description="HAProxy stats socket with level admin (reload mode runtime-api).",
+        description="HAProxy stats socket with level admin (reload mode runtime-api; in any mode"
+        " also the passive fast path).",
     )
     haproxy_unhealthy_state: Literal["maint", "drain"] = Field(
         default="maint",
         description="Runtime API state for an unhealthy server: maint (no traffic) or drain"
         " (existing sessions only).",
+    )
+
+    # --- passive fast path (issue 16): HAProxy's error counters trigger checks ----------------
+    haproxy_stat_interval: Duration = Field(
+        default=1.0,
+        description="With HEALTHCHECK_HAPROXY_RUNTIME_SOCKET (any mode, with or without the file):"
+        " how often `show stat` is read; a server whose errors, 5xx or retries grow is checked at"
+        " once, then at fastinter until settled.",
+    )
+
+    haproxy_server_state_file: Path | None = Field(
+        default=None,
+        description="Before each reload, write `show servers state` here (HAProxy's"
+        " server-state-file, with load-server-state-from-file global), so that a reload keeps"
+        " down servers down; needs HEALTHCHECK_HAPROXY_RUNTIME_SOCKET.",
     )
 
     # --- agent mode (issue 16): HAProxy agent checks answered by the exporter -------------------
@@ -640,7 +658,7 @@ class Settings(BaseSettings):
                 name
                 for name in fields
                 if name.startswith("haproxy_")
-                and name != "haproxy_config"
+                and name not in ("haproxy_config", *PASSIVE_FIELDS)
                 and getattr(self, name) != fields[name].default
             ]
             if extra:
@@ -652,6 +670,33 @@ class Settings(BaseSettings):
             if value is None:
                 mode = f"{ENV_PREFIX}HAPROXY_RELOAD: {self.haproxy_reload}"
                 raise ValueError(f"{mode} needs {_variable_name(field)}")
+        return self
+
+    @model_validator(mode="after")
+    def _check_server_state_file(self) -> Settings:
+        if self.haproxy_server_state_file is None or self.haproxy_config is None:
+            return self  # without the file, _check_haproxy names the missing HAPROXY_CONFIG
+        variable = f"{ENV_PREFIX}HAPROXY_SERVER_STATE_FILE"
+        if self.haproxy_runtime_socket is None:
+            raise ValueError(
+                f"{variable}: needs {ENV_PREFIX}HAPROXY_RUNTIME_SOCKET (to read the states)"
+            )
+        if self.haproxy_reload == "none":
+            raise ValueError(f"{variable}: the exporter makes no reload with HAPROXY_RELOAD=none")
+        if not self.haproxy_server_state_file.parent.is_dir():
+            raise ValueError(
+                f"{variable}: directory {self.haproxy_server_state_file.parent} does not exist"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_passive(self) -> Settings:
+        default = type(self).model_fields["haproxy_stat_interval"].default
+        if self.haproxy_runtime_socket is None and self.haproxy_stat_interval != default:
+            raise ValueError(
+                f"{ENV_PREFIX}HAPROXY_STAT_INTERVAL: needs {ENV_PREFIX}HAPROXY_RUNTIME_SOCKET"
+                " (the stats socket to read)"
+            )
         return self
 
     @field_validator("agent_listen_address")

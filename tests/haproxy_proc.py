@@ -41,6 +41,13 @@ frontend fe
 """
 
 
+SERVER_STATE = "server-state"
+# MAIN_CFG loading the servers' states saved before a reload (HAProxy's server-state-file).
+STATE_FILE_CFG = MAIN_CFG.replace(
+    "    log stderr", f"    server-state-file {{dir}}/{SERVER_STATE}\n    log stderr"
+).replace("    retries 0\n", "    retries 0\n    load-server-state-from-file global\n")
+
+
 def haproxy_binary() -> str | None:
     """haproxy's path; in CI its absence is a failure, never a silent skip."""
     path = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sbin")

@@ -43,6 +43,8 @@ SCRAPE_INTERVAL = "1s"
 DEMO_ENV = {
     "HEALTHCHECK_INTERVAL": "200ms",  # fall 3 at 200 ms: a dead backend is down in 0.6 s
     "HEALTHCHECK_AGENT_LISTEN_ADDRESS": f"127.0.0.1:{unused_port()}",  # agent panels have data
+    # No HAProxy here: the passive path's panel shows zero triggers and the failed reads.
+    "HEALTHCHECK_HAPROXY_RUNTIME_SOCKET": "/nonexistent/healthcheck-demo-admin.sock",
 }
 SESSION_LOOP = pytest.mark.asyncio(loop_scope="session")
 T = TypeVar("T")

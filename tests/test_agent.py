@@ -15,7 +15,15 @@ import pytest
 
 from exporter.haproxy.agent import LINE_LIMIT, AgentServer, AnswerFromState
 from exporter.haproxy.membership import MembershipFile
-from exporter.haproxy.render import AgentCheck, build_backends, haproxy_time, render_default
+from exporter.haproxy.render import (
+    AGENT_HEADER,
+    AgentCheck,
+    TemplateRenderer,
+    build_backends,
+    haproxy_time,
+    render_default,
+)
+from exporter.haproxy.state_file import StateSavingReloader
 from exporter.haproxy.updater import HAProxyOptions, HAProxyUpdater
 from exporter.model import FailureReason, Result, Target, TargetState
 from exporter.settings import ConfigError, load_settings
@@ -229,6 +237,7 @@ async def test_agent_file_changes_with_membership_never_with_health(tmp_path: Pa
             assert time.monotonic() < deadline
             await asyncio.sleep(0.01)
         first = config.read_text()
+        assert first.startswith(AGENT_HEADER)
         assert "server web-1 " in first and "server web-2 " in first
         await asyncio.sleep(0.2)  # several periods with the same targets
         assert updater.stats.writes == {"success": 1, "failure": 0, "unchanged": 0}
@@ -372,11 +381,81 @@ def test_shard_of_the_agent_file_matches_the_checking_replica():
         )
 
 
-def test_dashboard_shows_agent_answers_in_the_agent_range():
+@pytest.mark.parametrize(
+    "metric", ["healthcheck_agent_requests_total", "healthcheck_passive_triggers_total"]
+)
+def test_dashboard_shows_agent_and_passive_metrics_in_the_agent_range(metric: str):
     dashboard = json.loads(DASHBOARD.read_text())
-    agent_panels = [
-        p
-        for p in dashboard["panels"]
-        if any("healthcheck_agent_requests_total" in t["expr"] for t in p.get("targets", []))
+    panels = [
+        p for p in dashboard["panels"] if any(metric in t["expr"] for t in p.get("targets", []))
     ]
-    assert agent_panels and all(200 <= p["id"] <= 219 for p in agent_panels)
+    assert panels and all(200 <= p["id"] <= 219 for p in panels)
+
+
+def test_a_template_gets_the_agent_options_and_the_agent_header(tmp_path: Path):
+    template = tmp_path / "backends.j2"
+    template.write_text(
+        "{{ header }}{% for b in backends %}{% for s in b.servers %}"
+        "server {{ s.name }} {{ s.address }} {{ s.agent }} {{ agent_mode }}\n"
+        "{% endfor %}{% endfor %}"
+    )
+    check = AgentCheck((("127.0.0.1", 9899),), 2.0)
+    backends = build_backends([(WEB1, TargetState.HEALTHY)], agent=check)
+    assert TemplateRenderer(template).render(backends, True, agent_mode=True) == (
+        AGENT_HEADER + "server web-1 127.0.0.1:8081 " + check.server_options("web-1") + " True\n"
+    )
+
+
+# -- the server state file (closes the window after a reload) ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({}, "HEALTHCHECK_HAPROXY_SERVER_STATE_FILE: needs HEALTHCHECK_HAPROXY_RUNTIME_SOCKET"),
+        (
+            {"HEALTHCHECK_HAPROXY_RUNTIME_SOCKET": "/s", "HEALTHCHECK_HAPROXY_RELOAD": "none"},
+            "HEALTHCHECK_HAPROXY_SERVER_STATE_FILE: the exporter makes no reload",
+        ),
+    ],
+)
+def test_server_state_file_needs_the_socket_and_a_reload(
+    tmp_path: Path, env: dict[str, str], message: str
+):
+    base = {
+        "HEALTHCHECK_HAPROXY_CONFIG": str(tmp_path / "backends.cfg"),
+        "HEALTHCHECK_HAPROXY_RELOAD": "signal",
+        "HEALTHCHECK_HAPROXY_PIDFILE": "/run/haproxy.pid",
+        "HEALTHCHECK_HAPROXY_SERVER_STATE_FILE": str(tmp_path / "server-state"),
+    }
+    with pytest.raises(ConfigError, match=message):
+        load_settings({**base, **env})
+
+
+def test_server_state_file_in_a_missing_directory_is_named(tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"SERVER_STATE_FILE: directory .*/nope does not exist"):
+        load_settings(
+            {
+                "HEALTHCHECK_HAPROXY_CONFIG": str(tmp_path / "backends.cfg"),
+                "HEALTHCHECK_HAPROXY_RELOAD": "signal",
+                "HEALTHCHECK_HAPROXY_PIDFILE": "/run/haproxy.pid",
+                "HEALTHCHECK_HAPROXY_RUNTIME_SOCKET": "/s",
+                "HEALTHCHECK_HAPROXY_SERVER_STATE_FILE": str(tmp_path / "nope" / "state"),
+            }
+        )
+
+
+async def test_a_failed_state_save_removes_the_stale_file_and_still_reloads(tmp_path: Path):
+    class Counting:
+        mode = "signal"
+        reloads = 0
+
+        async def reload(self) -> None:
+            self.reloads += 1
+
+    stale = tmp_path / "server-state"
+    stale.write_text("1\n# stale\n")
+    inner = Counting()
+    reloader = StateSavingReloader(inner, tmp_path / "no.sock", stale, 1.0, logging.getLogger("p"))
+    await reloader.reload()
+    assert inner.reloads == 1 and reloader.failures == 1 and not stale.exists()

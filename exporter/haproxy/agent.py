@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
+from exporter.logs import RateLimitedLog
 from exporter.model import TargetState
 from exporter.settings import format_address
 from exporter.state import StateTracker, TargetEntry
@@ -28,7 +28,7 @@ LOG_PERIOD = 60.0  # seconds between two log lines about unknown ids, or about e
 BACKLOG = 4096  # pending connections: HAProxy's checks of many servers arrive in bursts
 
 UP = b"up\n"
-NO_CHANGE = b"\n"  # no state word: HAProxy changes nothing (tested on 2.6)
+NO_CHANGE = b"\n"  # no state word: HAProxy changes nothing (2.6; test_agent_e2e pins it)
 RESULTS = ("up", "down", "pending", "unknown", "error")
 
 Answer = tuple[str, bytes]  # (result label of healthcheck_agent_requests_total, reply line)
@@ -158,25 +158,6 @@ class _Connection(asyncio.Protocol):
         self.transport = None
         self.agent.count_error(why)
         transport.abort()
-
-
-class RateLimitedLog:
-    """At most one warning per period; the ones held back are counted into the next."""
-
-    def __init__(self, logger: logging.Logger, message: str, period: float) -> None:
-        self.logger = logger
-        self.message = message
-        self.period = period
-        self.logged_at = -float("inf")
-        self.held_back = 0
-
-    def warn(self, **fields: object) -> None:
-        now = time.monotonic()
-        if now - self.logged_at < self.period:
-            self.held_back += 1
-            return
-        self.logger.warning(self.message, extra={**fields, "held_back": self.held_back})
-        self.logged_at, self.held_back = now, 0
 
 
 class AgentServer:

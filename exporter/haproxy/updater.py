@@ -35,6 +35,8 @@ from exporter.haproxy.reload import (
     split_command,
 )
 from exporter.haproxy.render import (
+    AGENT_HEADER,
+    HEADER,
     AgentCheck,
     Backend,
     TemplateRenderer,
@@ -267,7 +269,8 @@ class HAProxyUpdater:
             return self.template.render(
                 backends, self.include_unhealthy, self.options.agent is not None
             )
-        return render_default(backends, self.options.server_options)
+        header = HEADER if self.options.agent is None else AGENT_HEADER
+        return render_default(backends, self.options.server_options, header)
 
     def _install(self, text: str) -> bool:
         """Write, check (if configured) and install `text`; False if it must not go live."""
