@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import os
 import ssl
 import sys
 import threading
@@ -111,7 +112,11 @@ async def test_bad_web_config_is_exit_2_naming_the_file_and_key(
 async def test_unreadable_or_invalid_yaml_web_config_is_exit_2(tmp_path: Path):
     broken = tmp_path / "broken.yml"
     broken.write_text("basic_auth_users: [unclosed\n")
-    for path in (broken, tmp_path / "missing.yml"):
+    fifo = tmp_path / "fifo.yml"  # opening it for reading would wait for a writer forever
+    os.mkfifo(fifo)
+    binary = tmp_path / "binary.yml"
+    binary.write_bytes(b"\xff\xfe\x00")
+    for path in (broken, tmp_path / "missing.yml", fifo, binary, tmp_path):
         env = {"HEALTHCHECK_TARGETS": "web=127.0.0.1:80", "HEALTHCHECK_WEB_CONFIG_FILE": str(path)}
         code, _, err = await run_cli("validate", env=env)
         assert code == 2 and len(err.strip().splitlines()) == 1, err

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from exporter.haproxy.files import read_regular
 from exporter.settings import ConfigError
 
 VARIABLE = "HEALTHCHECK_WEB_CONFIG_FILE"
@@ -96,11 +97,18 @@ class _Problem(Exception):
         self.where, self.message = where, message
 
 
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def load_web_config(path: Path) -> WebConfig:
     """Read and validate the file; raises ConfigError naming the file and the key."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
+        # Never blocks on a FIFO; a web config is a few KiB, so a huge file is a mistake.
+        data = read_regular(path, MAX_CONFIG_BYTES)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ValueError(f"larger than {MAX_CONFIG_BYTES >> 20} MiB")
+        text = data.decode("utf-8")
+    except (OSError, ValueError) as err:  # UnicodeDecodeError is a ValueError
         raise ConfigError(f"{VARIABLE}: {path}: cannot read: {err}") from None
     try:
         document = yaml.safe_load(text)

@@ -9,6 +9,7 @@ import ssl
 from collections.abc import Callable
 from pathlib import Path
 
+from exporter.haproxy.files import read_regular
 from exporter.settings import ConfigError
 from exporter.web.config import TLS_VERSIONS, VARIABLE, TLSConfig, WebConfig, load_web_config
 
@@ -51,8 +52,8 @@ def _contents(path: Path) -> bytes | None:
     """The file's bytes (a config or a certificate: a few KiB), None if unreadable. Comparing
     contents, not mtimes, also sees a renewal that keeps size and timestamp."""
     try:
-        return path.read_bytes()
-    except OSError:
+        return read_regular(path)  # a FIFO put in its place must not block the loop
+    except (OSError, ValueError):
         return None
 
 
