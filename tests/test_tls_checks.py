@@ -9,12 +9,21 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from exporter.checks import HTTPChecker
-from exporter.checks.tls import forget_sessions, not_after, server_name, tls_context_for
+from exporter.checks import HTTPChecker, session_offer
+from exporter.checks.tls import (
+    ONE_SHOT_SECONDS,
+    _Kept,
+    forget_sessions,
+    next_one_shot_until,
+    not_after,
+    server_name,
+    tls_context_for,
+)
 from exporter.exposition import LabelCache, render_targets
 from exporter.metrics import ScrapeRegistry, build_labels, take_snapshot
 from exporter.model import CheckOptions, Config, FailureReason, Target
@@ -207,20 +216,73 @@ async def test_later_checks_resume_the_session(
     assert all(r.tls_not_after == certs.not_after("good") for r in results)
 
 
-@pytest.mark.parametrize(
-    ("version", "resumed"),
-    [(ssl.TLSVersion.TLSv1_2, [True, True]), (ssl.TLSVersion.TLSv1_3, [False, True])],
-)
-async def test_a_tls12_session_serves_checks_at_once_and_a_tls13_ticket_is_used_once(
-    certs: Certificates, checker: HTTPChecker, version: ssl.TLSVersion, resumed: list[bool]
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+async def test_a_session_serves_several_checks_at_once(
+    certs: Certificates, checker: HTTPChecker, version: ssl.TLSVersion
 ) -> None:
+    """A session the server resumed is offered again as it is (TLS 1.3 tickets too: OpenSSL's
+    stateless tickets serve any number of connections), so concurrent checks all resume."""
     async with tls_server(certs.server_context("good", versions=(version, version))) as srv:
         target = srv.target(**trusting(certs))
         assert (await checker.check(target)).tls_resumed is False
-        results = await asyncio.gather(checker.check(target), checker.check(target))
+        results = await asyncio.gather(*(checker.check(target) for _ in range(3)))
     assert all(r.healthy for r in results)
-    assert sorted(bool(r.tls_resumed) for r in results) == resumed
+    assert [r.tls_resumed for r in results] == [True] * 3
+    assert srv.resumed == [False, True, True, True]
     assert all(r.tls_not_after == certs.not_after("good") for r in results)
+
+
+def test_which_session_is_kept_after_a_check() -> None:
+    """The offered session stays while the server resumes it; a TLS 1.3 ticket refused on a
+    second offer switches the target to one fresh ticket per check for ONE_SHOT_SECONDS.
+    (No real server here: no OpenSSL server this suite can start takes a TLS 1.3 ticket once.)"""
+    now = 1_000_000.0
+    session = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # any object: the session is not read
+
+    def kept(offers: int, *, replace_at: float = now + 100, one_shot_until: float = 0.0) -> Any:
+        return _Kept(session, None, replace_at, one_shot_until, offers)  # type: ignore[arg-type]
+
+    assert next_one_shot_until(None, False, False, now) == 0.0  # first check: take its session
+    assert next_one_shot_until(kept(1), True, False, now) is None  # resumed: keep it
+    assert next_one_shot_until(kept(5), True, True, now) is None
+    assert next_one_shot_until(kept(5, replace_at=now - 1), True, True, now) == 0.0  # half-life
+    assert next_one_shot_until(kept(1), False, False, now) == 0.0  # first offer refused: expired
+    assert next_one_shot_until(kept(2), False, True, now) == 0.0  # TLS 1.2: a session id expired
+    assert next_one_shot_until(kept(2), False, False, now) == now + ONE_SHOT_SECONDS
+    one_shot = kept(1, one_shot_until=now + 10)
+    assert next_one_shot_until(one_shot, True, False, now) == now + 10  # fresh ticket each time
+    assert next_one_shot_until(kept(1, one_shot_until=now - 1), True, False, now) is None
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+async def test_sessions_are_offered_without_a_copy(
+    certs: Certificates, checker: HTTPChecker, version: ssl.TLSVersion
+) -> None:
+    """On CPython 3.11 the session reaches OpenSSL as it is (not through Python's copying
+    setter): the same SSL_SESSION serves every resumed check."""
+    async with tls_server(certs.server_context("good", versions=(version, version))) as srv:
+        target = srv.target(**trusting(certs))
+        for _ in range(3):
+            assert (await checker.check(target)).healthy
+    assert srv.resumed == [False, True, True]
+    assert session_offer.direct()
+
+
+async def test_sessions_resume_through_pythons_setter_where_the_direct_path_is_off(
+    certs: Certificates, checker: HTTPChecker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    public = session_offer._Offerer()
+    public._connections_ok = public._sessions_ok = False
+    monkeypatch.setattr(session_offer, "_OFFERER", public)
+    async with tls_server(certs.server_context("good")) as srv:
+        results = [await checker.check(srv.target(**trusting(certs))) for _ in range(3)]
+    assert [(r.healthy, r.tls_resumed) for r in results] == [
+        (True, False),
+        (True, True),
+        (True, True),
+    ]
+    assert srv.resumed == [False, True, True]
+    assert not session_offer.direct()
 
 
 async def test_a_server_refusing_resumption_still_works(

@@ -4,11 +4,20 @@ The TLS layer is an `ssl.SSLObject` over two memory BIOs, so the engine keeps it
 socket and epoll registration and only pumps bytes. Facts this relies on (REFERENCE.md, "TLS
 checks"): a context costs ~15 ms to build, so there is one per TLS profile; a session belongs to
 its context, so sessions are kept per (context, SNI, address); a TLS 1.3 ticket arrives after the
-handshake and is used once (a TLS 1.2 session serves any number of connections); OpenSSL resumes
+handshake; OpenSSL resumes
 TLS 1.3 with a fresh key exchange unless `SSL_OP_ALLOW_NO_DHE_KEX` is set (on both sides: an
 OpenSSL 3.0 server still picks the exchange); a failed verification aborts the handshake before
 the certificate can be read, so the leaf of an unverifiable server is read over a second,
 unverified handshake (its expiry is what users want most then).
+
+Python 3.11 copies a session both when it is read from a connection and when it is given to one
+(an i2d/d2i round trip that decodes the peer's certificate again: ~0.1 ms each with OpenSSL 3.0,
+two fifths of a resumed check's CPU). So a session the server resumed is kept and offered again
+as it is, without reading the connection's: a TLS 1.2 session serves any number of connections,
+and so does a TLS 1.3 ticket of most servers (OpenSSL's stateless tickets, HAProxy's). A server
+that takes each ticket once (stateful TLS 1.3 tickets) refuses the second offer: that target then
+gets a fresh ticket from every connection for `ONE_SHOT_SECONDS`. A kept session is replaced by
+the connection's own once half its lifetime has passed.
 """
 
 from __future__ import annotations
@@ -16,11 +25,13 @@ from __future__ import annotations
 import calendar
 import contextlib
 import ssl
+import time
 from dataclasses import dataclass
 
 from exporter import __version__
 from exporter.checks.engine import PROBE_KINDS, OptionsProbe, result_of
 from exporter.checks.http import InvalidRequest, ResponseError, build_request, invalid_request
+from exporter.checks.session_offer import ended, offer
 from exporter.model import CheckOptions, FailureReason, Result, Target
 
 SSL_OP_ALLOW_NO_DHE_KEX = 0x400
@@ -30,6 +41,10 @@ Python 3.11 does not name it): lets a TLS 1.3 resumption skip the key exchange (
 MAX_SESSIONS = 100_000
 """Sessions kept at most (one per target and address): the oldest go first."""
 
+ONE_SHOT_SECONDS = 3600.0
+"""How long a target whose server refused a ticket offered a second time gets a fresh ticket for
+every check, before offering one ticket twice again."""
+
 _VERSIONS = {"TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
 
 _Profile = tuple[bool, str | None, str | None, str | None, str]
@@ -37,13 +52,19 @@ _contexts: dict[_Profile, ssl.SSLContext] = {}
 _SessionKey = tuple[int, str | None, tuple[object, ...]]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Kept:
-    """A session kept for the next check of one target, and what it already told us."""
+    """A session kept for the next checks of one target, and what it already told us."""
 
     session: ssl.SSLSession
-    reusable: bool  # TLS 1.2: may serve several connections; a TLS 1.3 ticket is used once
     not_after: float | None  # the leaf's NotAfter: a resumed handshake shows the same leaf
+    replace_at: float  # Unix time after which the next connection's own session replaces it
+    one_shot_until: float = 0.0  # until then, a ticket serves one connection only (Unix time)
+    offers: int = 0  # connections it was offered to
+
+    def one_shot_at(self, now: float) -> bool:
+        """Whether the ticket serves one connection only (its server takes each ticket once)."""
+        return now < self.one_shot_until
 
 
 _sessions: dict[_SessionKey, _Kept] = {}
@@ -72,7 +93,7 @@ def _build_context(options: CheckOptions) -> ssl.SSLContext:
         raise ValueError(f"tls_min_version: {options.tls_min_version!r} is not TLS12 or TLS13")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = _VERSIONS[options.tls_min_version]
-    context.options |= SSL_OP_ALLOW_NO_DHE_KEX
+    context.options |= SSL_OP_ALLOW_NO_DHE_KEX | ssl.OP_IGNORE_UNEXPECTED_EOF
     if options.tls_insecure_skip_verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
@@ -241,6 +262,28 @@ def tls_error(exc: ssl.SSLError) -> ResponseError:
     return ResponseError(FailureReason.TLS, f"tls: {kind} ({detail})")
 
 
+# -- which session to keep --------------------------------------------------------------------
+
+
+def next_one_shot_until(
+    offered: _Kept | None, resumed: bool, tls12: bool, now: float
+) -> float | None:
+    """After a check that offered `offered` (or nothing): None when the offered session stays
+    kept, else the `one_shot_until` of the session the connection brought, which replaces it.
+
+    A resumed session stays until half its lifetime has passed, unless its server takes each
+    ticket once. A TLS 1.3 ticket refused on its second offer or later shows such a server
+    (a refused first offer is an expired ticket or a restarted server).
+    """
+    if offered is None:
+        return 0.0
+    if resumed and not offered.one_shot_at(now) and now < offered.replace_at:
+        return None
+    if not resumed and not tls12 and offered.offers > 1:
+        return now + ONE_SHOT_SECONDS
+    return offered.one_shot_until
+
+
 # -- the probe ------------------------------------------------------------------------------
 
 
@@ -287,15 +330,14 @@ class TlsProbe(OptionsProbe):
         name = server_name(self._target)
         key = (id(context), name, address)
         kept = self._kept = _sessions.get(key)
-        if kept is not None and not kept.reusable:
-            del _sessions[key]  # a TLS 1.3 ticket is used once
+        if kept is not None:
+            kept.offers += 1
+            if kept.one_shot_at(time.time()):
+                del _sessions[key]  # this server takes each ticket once
         self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self._tls = context.wrap_bio(
-            self._incoming,
-            self._outgoing,
-            server_hostname=name,
-            session=None if kept is None else kept.session,
-        )
+        self._tls = context.wrap_bio(self._incoming, self._outgoing, server_hostname=name)
+        if kept is not None:
+            offer(self._tls, kept.session)
         self._session_key, self._address = key, (family, address)
         self._handshaken = self._eof = False
         self._pending = b""
@@ -418,22 +460,30 @@ class TlsProbe(OptionsProbe):
         self._fail(_CLOSED_AFTER_HANDSHAKE if closed_at_once else exc)
 
     def _finish(self) -> None:
+        if self._tls is not None and self._handshaken:
+            ended(self._tls)
         self._keep_session()
         super()._finish()
 
     def _keep_session(self) -> None:
-        """Keep the session for the next check of this target: a TLS 1.2 session, or a TLS 1.3
-        one that carries a ticket (which arrives after the handshake, so is read only now)."""
-        tls, key = self._tls, self._session_key
+        """Keep a session for the next check of this target: the one offered, if the server
+        resumed it, else this connection's (a TLS 1.2 session, or a TLS 1.3 one that carries a
+        ticket, which arrives after the handshake, so is read only now)."""
+        tls, key, offered = self._tls, self._session_key, self._kept
         if tls is None or key is None or not self._handshaken or self._verify_failure:
             return
-        session = tls.session
+        now = time.time()
         tls12 = tls.version() == "TLSv1.2"
+        one_shot_until = next_one_shot_until(offered, bool(self._resumed), tls12, now)
+        if one_shot_until is None:
+            return  # the offered session stays: reading this connection's would copy it
+        session = tls.session
         if session is None or not (session.has_ticket or tls12):
             return
-        if len(_sessions) >= MAX_SESSIONS:
+        if len(_sessions) >= MAX_SESSIONS and key not in _sessions:
             del _sessions[next(iter(_sessions))]
-        _sessions[key] = _Kept(session, tls12, self._not_after)
+        replace_at = now + session.timeout / 2
+        _sessions[key] = _Kept(session, self._not_after, replace_at, one_shot_until)
 
     def _result(self) -> Result:
         reason, error = self._verdict()
