@@ -232,6 +232,26 @@ async def test_a_session_serves_several_checks_at_once(
     assert all(r.tls_not_after == certs.not_after("good") for r in results)
 
 
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+async def test_a_server_closing_without_close_notify_still_resumes(
+    certs: Certificates, checker: HTTPChecker, version: ssl.TLSVersion
+) -> None:
+    """The body runs to the end of the connection, which the server closes without a
+    close_notify: OpenSSL would mark the shared session unusable (OP_IGNORE_UNEXPECTED_EOF)."""
+    context = certs.server_context("good", versions=(version, version))
+    reply = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall good"
+    with blocking_tls_server(context, reply, close_notify=False) as port:
+        target = Target(
+            "t",
+            ip=LOOPBACK,
+            port=str(port),
+            options=CheckOptions(scheme="https", expect_body="all good", **trusting(certs)),  # type: ignore[arg-type]
+        )
+        results = [await checker.check(target) for _ in range(3)]
+    assert [r.healthy for r in results] == [True] * 3, results
+    assert [r.tls_resumed for r in results] == [False, True, True]
+
+
 def test_which_session_is_kept_after_a_check() -> None:
     """The offered session stays while the server resumes it; a TLS 1.3 ticket refused on a
     second offer switches the target to one fresh ticket per check for ONE_SHOT_SECONDS.

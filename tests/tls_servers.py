@@ -191,11 +191,15 @@ async def greeting_server(greeting: bytes) -> AsyncIterator[int]:
 
 @contextlib.contextmanager
 def blocking_tls_server(
-    context: ssl.SSLContext, reply: bytes = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    context: ssl.SSLContext,
+    reply: bytes = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    *,
+    close_notify: bool = True,
 ) -> Iterator[int]:
     """A TLS server in a thread on blocking sockets, whose handshake failures reach the client
     as alerts (asyncio's server closes without sending them). It answers `reply`, sends its
-    close_notify and keeps the connection open until the client closes. Yields its port."""
+    close_notify and keeps the connection open until the client closes (or, without
+    `close_notify`, just closes the connection). Yields its port."""
     listener = socket.create_server((LOOPBACK, 0))
     listener.settimeout(0.1)
     stopping = threading.Event()
@@ -211,7 +215,8 @@ def blocking_tls_server(
                 with context.wrap_socket(conn, server_side=True) as tls:
                     tls.recv(65536)
                     tls.sendall(reply)
-                    tls.unwrap()  # close_notify, then wait for the client's end
+                    if close_notify:
+                        tls.unwrap()  # close_notify, then wait for the client's end
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
