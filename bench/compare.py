@@ -52,6 +52,7 @@ PHASES = (
     "genlatest",
     *(f"scale_{n}" for n in SCALES),
     "https",  # issue 12: HTTPS rows (TLS 1.2 and 1.3) and the TCP row
+    "https10k",  # issue 12: 10,000 HTTPS targets at 15 s (half TLS 1.2, half TLS 1.3)
     "tcp",
 )
 
@@ -109,6 +110,9 @@ def single_phases(work: Path, target: HAProxyProcess, args: argparse.Namespace) 
             ours.at_scale, work, target, targets, args.quiet, args.scrapes
         )
     plan["https"] = partial(tls_bench.https, work, args.window)
+    plan["https10k"] = partial(
+        tls_bench.https_at_scale, work, max(SCALES), args.quiet, args.scrapes
+    )
     plan["tcp"] = partial(tls_bench.tcp, args.window)
     return plan
 

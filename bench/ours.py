@@ -14,7 +14,7 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,12 +101,13 @@ async def running_exporter(
     interval: str,
     uvloop: bool = True,
     extra_env: Mapping[str, str] | None = None,
+    writer: Callable[[Path, int], None] = write_targets,
 ) -> AsyncIterator[Exporter]:
     """`python -m exporter` pinned to the measured core; yields once `/-/ready` (first round).
     With `uvloop` false, it runs on the standard asyncio loop although uvloop is installed;
-    `extra_env` adds HEALTHCHECK_* settings."""
+    `extra_env` adds HEALTHCHECK_* settings; `writer` writes the targets file."""
     targets_file = work / f"{name}-targets.json"
-    write_targets(targets_file, targets)
+    writer(targets_file, targets)
     port = unused_port()
     env = child_env(
         {
@@ -242,12 +243,18 @@ async def scraped_every_second(
 
 
 async def at_scale(
-    work: Path, target: HAProxyProcess, targets: int, quiet_s: float, scrapes: int
+    work: Path,
+    target: HAProxyProcess,
+    targets: int,
+    quiet_s: float,
+    scrapes: int,
+    writer: Callable[[Path, int], None] = write_targets,
 ) -> dict[str, Any]:
     """`targets` at a 15 s interval: lag, CPU and RSS left alone for `quiet_s` once the schedule
     is steady, then `/metrics` render time and size, then lag while scraped every second."""
     interval_s = 15.0
-    async with running_exporter(work, f"exporter-{targets}", targets, "15s") as exporter:
+    name = f"exporter-{targets}"
+    async with running_exporter(work, name, targets, "15s", writer=writer) as exporter:
         first, last, measured = await _measured(exporter, target, quiet_s, interval_s)
         figures: dict[str, Any] = {
             "targets": targets,

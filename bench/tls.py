@@ -28,6 +28,7 @@ from typing import Any
 
 from bench import anchors
 from bench.checker import keep_checking
+from bench.ours import at_scale
 from bench.procs import HELPER_CORE, MEASURED_CORE, run_bounded, started, wait_until
 from bench.target import TARGET_HEADER, HAProxyProcess, endpoints, haproxy_path
 from exporter.checks import HTTPChecker
@@ -67,8 +68,26 @@ modules:
 """
 
 
-def tls_endpoints(version: str) -> list[tuple[str, int]]:
-    return [(VERSIONS[version], FIRST_PORT + i) for i in range(PORTS)]
+def tls_endpoints(version: str, ports: int = PORTS) -> list[tuple[str, int]]:
+    return [(VERSIONS[version], FIRST_PORT + i) for i in range(ports)]
+
+
+def write_https_targets(path: Path, count: int) -> None:
+    """A JSON targets file of `count` HTTPS targets, half TLS 1.2 and half TLS 1.3 (one app per
+    version), for `ours.at_scale` against a `tls_target` with `count // 2` ports per version."""
+    entries = [
+        {
+            "app": version,
+            "ip": address,
+            "port": port,
+            "path": HEALTH_PATH,
+            "scheme": "https",
+            "tls_insecure_skip_verify": True,
+        }
+        for version in VERSIONS
+        for address, port in tls_endpoints(version, count // 2)
+    ]
+    path.write_text(json.dumps(entries))
 
 
 def make_certificate(work: Path) -> Path:
@@ -97,8 +116,9 @@ def _handshake_ok(address: str, port: int) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def tls_target(work: Path) -> AsyncIterator[HAProxyProcess]:
-    """Start the TLS target HAProxy on the helper core and wait until both versions answer."""
+async def tls_target(work: Path, ports: int = PORTS) -> AsyncIterator[HAProxyProcess]:
+    """Start the TLS target HAProxy on the helper core (`ports` per version) and wait until both
+    versions answer."""
     socket_path = work / "tls-target.sock"
     cfg = work / "tls-target.cfg"
     cfg.write_text(
@@ -106,7 +126,7 @@ async def tls_target(work: Path) -> AsyncIterator[HAProxyProcess]:
             socket=socket_path,
             pem=make_certificate(work),
             first=FIRST_PORT,
-            last=FIRST_PORT + PORTS - 1,
+            last=FIRST_PORT + ports - 1,
             **VERSIONS,
         )
     )
@@ -213,6 +233,13 @@ async def https(work: Path, seconds: int) -> dict[str, Any]:
                 ),
             )
     return results
+
+
+async def https_at_scale(work: Path, targets: int, quiet_s: float, scrapes: int) -> dict[str, Any]:
+    """The exporter with `targets` HTTPS targets (half TLS 1.2, half TLS 1.3) at 15 s, measured
+    as `ours.at_scale` measures plain ones (phase `https10k`)."""
+    async with tls_target(work, targets // 2) as target:
+        return await at_scale(work, target, targets, quiet_s, scrapes, write_https_targets)
 
 
 async def tcp(seconds: int) -> dict[str, Any]:
