@@ -17,13 +17,13 @@ import logging
 import resource
 import socket
 import ssl
-import time
 from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
+from exporter.logs import RateLimitedLog
 from exporter.settings import ConfigError
 
 HEADER_TIMEOUT = 10.0  # seconds to send the request headers; also the idle keep-alive limit
@@ -62,24 +62,12 @@ def connection_limit(soft_fd_limit: int) -> int:
     return max(16, min(MAX_CONNECTIONS, soft_fd_limit // CONNECTIONS_PER_FD))
 
 
-class _RateLimitedLog:
-    """One log line per kind per LOG_EVERY seconds, counting the ones it held back."""
-
-    def __init__(self) -> None:
-        self._last: dict[str, float] = {}
-        self._held: dict[str, int] = {}
-
-    def warning(self, kind: str, message: str, **fields: object) -> None:
-        now = time.monotonic()
-        if now - self._last.get(kind, -LOG_EVERY) < LOG_EVERY:
-            self._held[kind] = self._held.get(kind, 0) + 1
-            return
-        self._last[kind] = now
-        suppressed = self._held.pop(kind, 0)
-        logger.warning(message, extra={**fields, "suppressed": suppressed})
-
-
-_client_errors = _RateLimitedLog()
+# One line per LOG_EVERY seconds per kind of client error, the ones held back counted.
+_malformed_logs = {
+    status: RateLimitedLog(logger, "rejected a malformed HTTP request", LOG_EVERY)
+    for status in (400, 431)
+}
+_refused_log = RateLimitedLog(logger, "too many HTTP connections, closing new ones", LOG_EVERY)
 
 
 class _HardenedHandler(RequestHandler):
@@ -102,13 +90,7 @@ class _HardenedHandler(RequestHandler):
             status, text = 431, "Request Header Fields Too Large"
         else:
             status, text = 400, "Bad Request"
-        _client_errors.warning(
-            f"http {status}",
-            "rejected a malformed HTTP request",
-            client=request.remote,
-            status=status,
-            error=type(exc).__name__,
-        )
+        _malformed_logs[status].warn(client=request.remote, status=status, error=type(exc).__name__)
         response = web.Response(status=status, text=text + "\n")
         response.force_close()
         return response
@@ -135,11 +117,7 @@ class HTTPServer:
         assert server is not None
         if len(server.connections) >= self.max_connections:
             self.refused += 1
-            _client_errors.warning(
-                "connections",
-                "too many HTTP connections, closing new ones",
-                limit=self.max_connections,
-            )
+            _refused_log.warn(limit=self.max_connections)
             return _Refused()
         handler = server()
         handler.__class__ = _HardenedHandler  # same slots: only handle_error differs
