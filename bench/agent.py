@@ -33,7 +33,7 @@ from typing import Any
 from bench import promtext
 from bench.meter import read, window
 from bench.ours import Exporter, counted, lag_figures, running_exporter, steady
-from bench.procs import HELPER_CORE, Child, pin_self, started, wait_until
+from bench.procs import HELPER_CORE, Child, pin_self, run_until_stopped, started, wait_until
 from bench.target import (
     CHECKER_CFG,
     HAProxyProcess,
@@ -212,7 +212,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="keep the logs in this directory")
     args = parser.parse_args()
     pin_self()
-    asyncio.run(main_async(args))
+    run_until_stopped(main_async(args))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.procs import MEASURED_CORE, pin_self
+from bench.procs import MEASURED_CORE, pin_self, run_until_stopped
 from bench.target import endpoints, target_farm
 from exporter.checks import HTTPChecker
 from exporter.model import Target
@@ -105,7 +105,7 @@ def main() -> None:
         child(args.child, args.concurrency, args.seconds)
         return
     pin_self()
-    results = asyncio.run(run(args.concurrency, args.seconds))
+    results = run_until_stopped(run(args.concurrency, args.seconds))
     for name, figures in results.items():
         print(
             f"{name:8} {figures['checks_per_s']:8,.0f} checks/s  "

@@ -2,7 +2,7 @@
 and HAProxy's own checks, on one fast HAProxy target, in one run on this machine.
 
     .venv/bin/python -m bench.compare [--rounds 3] [--window 10] [--quiet 30] [--scrapes 16]
-                                      [--only saturated,wrk,...]
+                                      [--only saturated,wrk,...] [--untrack-loopback]
 
 Core 0 runs only the process being measured (wrk, blackbox_exporter, HAProxy's checker, our
 exporter, one at a time); the target HAProxy, the load generators and this script share core 1.
@@ -33,7 +33,15 @@ from typing import Any
 
 from bench import anchors, ours, report
 from bench import tls as tls_bench
-from bench.procs import HELPER_CORE, ensure_tools, pin_self, which
+from bench.procs import (
+    HELPER_CORE,
+    conntrack_loaded,
+    conntrack_usage,
+    ensure_tools,
+    loopback_untracked,
+    pin_self,
+    which,
+)
 from bench.target import MAX_TARGETS, HAProxyProcess, haproxy_path, target_farm
 
 RESULTS_DIR = Path(__file__).parent / "results"
@@ -228,6 +236,12 @@ def parse_args() -> argparse.Namespace:
         type=phase_names,
         help=f"run only these phases, comma-separated: {', '.join(PHASES)}",
     )
+    parser.add_argument(
+        "--untrack-loopback",
+        action="store_true",
+        help="exempt loopback from netfilter connection tracking while running (two iptables"
+        " NOTRACK rules, removed at the end): needed where Docker or a firewall loaded conntrack",
+    )
     return parser.parse_args()
 
 
@@ -280,7 +294,15 @@ def main() -> None:
     ensure_tools()
     haproxy_path()
     try:
-        status = asyncio.run(main_async(args, say))
+        with loopback_untracked(args.untrack_loopback) as untracked:
+            args.loopback_untracked = untracked
+            if conntrack_loaded() and not untracked:
+                say(
+                    f"warning: netfilter tracks loopback connections ({conntrack_usage()} entries);"
+                    " a full table drops SYNs and stalls the saturated rounds:"
+                    " see --untrack-loopback"
+                )
+            status = asyncio.run(main_async(args, say))
     except (KeyboardInterrupt, asyncio.CancelledError):
         say("interrupted: every process started was stopped; nothing written")
         status = 130

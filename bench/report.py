@@ -15,7 +15,10 @@ NOTES = """\
 - Schedule lag p50/p99: bucket deltas between two scrapes, interpolated inside a bucket as
   PromQL's histogram_quantile does; the share within 50 ms is exact (a bucket boundary).
 - /metrics times are GETs over loopback HTTP, measured by the client; generate_latest is timed
-  in-process (no HTTP) on the same 9 per-target series, plus the _created lines it adds."""
+  in-process (no HTTP) on the same 9 per-target series, plus the _created lines it adds.
+- "OpenSSL's client work alone": the check's TLS context against an in-process server over
+  memory BIOs, no socket and no engine, only the client's calls timed: the floor under any
+  Python HTTPS check on this OpenSSL (bench.tls --floor)."""
 MB = 1_000_000
 
 
@@ -280,6 +283,13 @@ def https_rows(results: Results) -> Iterator[Row]:
             f"HTTPS {label}: ours, resumed where allowed (CPU-ms per check)",
             _num(mine, ".3f"),
             f"full handshakes {_num(full, '.3f')}",
+        )
+        floor = https.get(f"floor_{version}", {})
+        yield Row(
+            f"HTTPS {label}: OpenSSL's client work alone, in process (CPU-ms per check)",
+            _num(floor.get("resumed_cpu_ms"), ".3f"),
+            f"full handshakes {_num(floor.get('full_cpu_ms'), '.3f')}; "
+            f"blackbox / 3 = {_num(bb and bb / 3, '.3f')}",
         )
         for anchor, name, bound, limit in (
             (bb, "blackbox_exporter (CPU-ms per probe)", "<= 1/3", 1 / 3),

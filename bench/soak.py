@@ -32,7 +32,15 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from bench.procs import MEASURED_CORE, Child, pin_self, proc_status_kib, started, wait_until
+from bench.procs import (
+    MEASURED_CORE,
+    Child,
+    pin_self,
+    proc_status_kib,
+    run_until_stopped,
+    started,
+    wait_until,
+)
 from bench.target import endpoints, target_farm
 from exporter.settings import parse_duration
 from tests.process import value
@@ -243,4 +251,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run_until_stopped(main())

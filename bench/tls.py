@@ -22,7 +22,9 @@ import socket
 import ssl
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ from bench.procs import HELPER_CORE, MEASURED_CORE, run_bounded, started, wait_u
 from bench.target import TARGET_HEADER, HAProxyProcess, endpoints, haproxy_path
 from exporter.checks import HTTPChecker
 from exporter.checks import tls as tls_checks
+from exporter.checks.session_offer import ended, offer
 from exporter.model import CheckOptions, Target
 
 VERSIONS = {"tls12": "127.0.2.1", "tls13": "127.0.2.2"}
@@ -186,6 +189,113 @@ def _child(kind: str, seconds: float, full: bool) -> None:
     print(json.dumps(figures))
 
 
+# -- the floor: OpenSSL's own work for one check, with no socket and no engine ----------------
+
+FLOOR_HANDSHAKES = 3000
+FLOOR_REQUEST = b"GET /health HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+FLOOR_RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+
+
+class _FloorPair:
+    """One client connection (the check's TLS context, its session offered as the engine offers
+    it) and one in-process server, joined by memory BIOs; only the client's calls are timed."""
+
+    def __init__(self, client: ssl.SSLContext, server: ssl.SSLContext, session: Any) -> None:
+        self.c_in, self.c_out, self.s_in, self.s_out = (ssl.MemoryBIO() for _ in range(4))
+        self.spent = 0.0
+        started = time.perf_counter()
+        self.client = client.wrap_bio(self.c_in, self.c_out, server_hostname=None)
+        if session is not None:
+            offer(self.client, session)
+        self.spent += time.perf_counter() - started
+        self.server = server.wrap_bio(self.s_in, self.s_out, server_side=True)
+
+    def _client_step(self, step: Callable[[], Any]) -> Any:
+        started = time.perf_counter()
+        try:
+            return self._step(step, self.c_out, self.s_in)
+        finally:
+            self.spent += time.perf_counter() - started
+
+    def _server_step(self, step: Callable[[], Any]) -> Any:
+        return self._step(step, self.s_out, self.c_in)
+
+    @staticmethod
+    def _step(step: Callable[[], Any], outgoing: ssl.MemoryBIO, peer: ssl.MemoryBIO) -> Any:
+        """`step()`'s value (None when it waits for the peer); what it sent goes to the peer."""
+        try:
+            return step()
+        except ssl.SSLWantReadError:
+            return None
+        finally:
+            if out := outgoing.read():
+                peer.write(out)
+
+    def check(self) -> bytes:
+        """Handshake, request, response, as a check has them; returns the response."""
+        client_done = server_done = False
+        for _ in range(8):  # a handshake is 2-3 flights: bounded all the same
+            client_done = client_done or self._client_step(self._client_handshake) is True
+            server_done = server_done or self._server_step(self._server_handshake) is True
+            if client_done and server_done:
+                break
+        self._server_step(lambda: self.server.read(1024))
+        self._server_step(lambda: self.server.write(FLOOR_RESPONSE))
+        response: bytes = self._client_step(lambda: self.client.read(65536)) or b""
+        self._client_step(lambda: ended(self.client))
+        return response
+
+    def _client_handshake(self) -> bool:
+        self.client.do_handshake()
+        self.client.write(FLOOR_REQUEST)
+        return True
+
+    def _server_handshake(self) -> bool:
+        self.server.do_handshake()
+        return True
+
+
+def _floor_contexts(version: str, work: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    pem = make_certificate(work)
+    server.load_cert_chain(pem)
+    tls_version = ssl.TLSVersion.TLSv1_2 if version == "tls12" else ssl.TLSVersion.TLSv1_3
+    server.minimum_version = server.maximum_version = tls_version
+    client = tls_checks.tls_context_for(CheckOptions(scheme="https", tls_insecure_skip_verify=True))
+    return client, server
+
+
+def _floor_child(version: str, handshakes: int) -> None:
+    """Runs in the child: the client side of `handshakes` checks, resumed and full, in process."""
+    os.sched_setaffinity(0, {MEASURED_CORE})
+    with tempfile.TemporaryDirectory() as tmp:
+        client, server = _floor_contexts(version, Path(tmp))
+    figures: dict[str, Any] = {"handshakes": handshakes}
+    for kind in ("resumed", "full"):
+        first = _FloorPair(client, server, None)
+        if not first.check().startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(f"{version}: the in-process exchange did not complete")
+        session = first.client.session if kind == "resumed" else None
+        spent, resumed = 0.0, 0
+        for _ in range(handshakes):
+            pair = _FloorPair(client, server, session)
+            pair.check()
+            spent += pair.spent
+            resumed += pair.client.session_reused
+        figures[f"{kind}_cpu_ms"] = 1000 * spent / handshakes
+        figures[f"{kind}_share"] = resumed / handshakes
+    print(json.dumps(figures))
+
+
+async def floor(version: str) -> dict[str, Any]:
+    """OpenSSL's client-side work for one HTTPS check (resumed and full), measured in process
+    with no socket and no engine: what no Python check on this OpenSSL can go below."""
+    argv = [sys.executable, "-m", "bench.tls", "--floor", version]
+    output = await run_bounded(argv, MEASURED_CORE, 120)
+    figures: dict[str, Any] = json.loads(output.strip().splitlines()[-1])
+    return figures
+
+
 async def ours(kind: str, seconds: float, full: bool = False) -> dict[str, Any]:
     argv = [sys.executable, "-m", "bench.tls", "--child", kind, "--seconds", str(seconds)]
     if full:
@@ -214,6 +324,7 @@ async def https(work: Path, seconds: int) -> dict[str, Any]:
             urls = [f"https://{a}:{p}{HEALTH_PATH}" for a, p in tls_endpoints(version)]
             await _recorded(results, f"ours_{version}", ours(version, seconds))
             await _recorded(results, f"ours_full_{version}", ours(version, seconds, full=True))
+            await _recorded(results, f"floor_{version}", floor(version))
             await _recorded(
                 results,
                 f"blackbox_{version}",
@@ -249,11 +360,16 @@ async def tcp(seconds: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--child", choices=[*VERSIONS, "tcp", "http"], required=True)
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--child", choices=[*VERSIONS, "tcp", "http"])
+    mode.add_argument("--floor", choices=list(VERSIONS), help="OpenSSL's work alone, in process")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--full", action="store_true", help="forget every session")
     args = parser.parse_args()
-    _child(args.child, args.seconds, args.full)
+    if args.floor:
+        _floor_child(args.floor, FLOOR_HANDSHAKES)
+    else:
+        _child(args.child, args.seconds, args.full)
 
 
 if __name__ == "__main__":
