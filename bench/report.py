@@ -291,6 +291,11 @@ def https_rows(results: Results) -> Iterator[Row]:
             f"full handshakes {_num(floor.get('full_cpu_ms'), '.3f')}; "
             f"blackbox / 3 = {_num(bb and bb / 3, '.3f')}",
         )
+        yield Row(
+            f"HTTPS {label}: memory of one kept session (KB, in process)",
+            _num(floor.get("kept_session_kb"), ".1f"),
+            "one per HTTPS target and address",
+        )
         for anchor, name, bound, limit in (
             (bb, "blackbox_exporter (CPU-ms per probe)", "<= 1/3", 1 / 3),
             (hx, "HAProxy check-ssl (CPU-ms per check)", "<= 1.5", 1.5),
