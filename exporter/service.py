@@ -23,6 +23,7 @@ from exporter.haproxy.render import AgentCheck
 from exporter.haproxy.state_file import StateSavingReloader
 from exporter.haproxy.stats import PassiveFastPath
 from exporter.haproxy.updater import HAProxyOptions, HAProxyUpdater
+from exporter.memory import heap_trimmer, trim_periodically
 from exporter.metrics import ReloadStats, build_labels, take_snapshot
 from exporter.model import ConfigUpdater, Target, TargetProvider
 from exporter.monitor import HealthMonitor
@@ -406,6 +407,7 @@ async def serve(
     saving: asyncio.Task[None] | None = None
     web_watch: asyncio.Task[None] | None = None
     passive_task: asyncio.Task[None] | None = None
+    trimming = loop.create_task(trim_periodically(heap_trimmer()))
     try:
         context = None if security is None else security.context
         await http.start(settings.listen_host, settings.listen_port, context)
@@ -449,7 +451,7 @@ async def serve(
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await source.union.stop()
-        for task in (follow, web_watch, passive_task):
+        for task in (follow, web_watch, passive_task, trimming):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
