@@ -423,9 +423,14 @@ class TlsProbe(OptionsProbe):
     def _decrypted(self) -> bytes | None:
         tls = self._tls
         assert tls is not None
+        incoming = self._incoming
         chunks = []
         try:
-            while True:
+            # Read while the TLS layer has something to work on: records not yet read, or bytes
+            # it decrypted but did not return. Otherwise a read could only raise
+            # SSLWantReadError (a few microseconds per check for nothing); the end of the
+            # stream needs no read either: `_eof`, set when it came, ends the probe below.
+            while incoming.pending or tls.pending():
                 chunk = tls.read(65536)
                 if not chunk:  # the peer's close_notify (a bare end raises SSLEOFError)
                     self._eof = True
