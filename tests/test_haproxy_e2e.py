@@ -120,12 +120,13 @@ backend {{ b.name }}
 """
 
 
-@pytest.mark.parametrize("guard", ["check-command", "reload-failure"])
+@pytest.mark.parametrize("guard", ["check-command", "reload-failure", "signal-reload-failure"])
 async def test_config_haproxy_rejects_leaves_it_serving_the_last_good_one(
     tmp_path: Path, guard: str
 ):
     """A template whose output HAProxy refuses once a third backend appears: with a check command
-    the file never goes live; without one the reload fails and the old workers keep serving."""
+    the file never goes live; without one the reload fails and the old workers keep serving (in
+    signal mode, seen as no new worker under the master within the reload timeout)."""
     async with backends() as (b0, b1, b2), haproxy(tmp_path) as hx:
         template = tmp_path / "backends.cfg.j2"
         template.write_text(BAD_WHEN_PORT.replace("%(port)s", str(b2.port)))
@@ -133,9 +134,10 @@ async def test_config_haproxy_rejects_leaves_it_serving_the_last_good_one(
         write_targets(targets_file, [b0, b1])
         env = {
             **FAST,
-            **reload_env("master-socket", hx),
+            **reload_env("signal" if guard.startswith("signal") else "master-socket", hx),
             "HEALTHCHECK_HAPROXY_TEMPLATE": str(template),
             "HEALTHCHECK_TARGETS_FILE": str(targets_file),
+            "HEALTHCHECK_HAPROXY_RELOAD_TIMEOUT": "2s",
         }
         if guard == "check-command":
             env["HEALTHCHECK_HAPROXY_CHECK_COMMAND"] = hx.check_command()

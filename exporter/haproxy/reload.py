@@ -1,6 +1,7 @@
 """Ways to make HAProxy load a new config file, each raising ReloadError with HAProxy's words.
 
-- signal: SIGUSR2 to the master process (its pid from the pid file), as `systemctl reload` does;
+- signal: SIGUSR2 to the master process (its pid from the pid file), as `systemctl reload` does,
+  confirmed by a new worker process appearing under the master;
 - master-socket: `reload` on the master CLI (`haproxy -W -S /path`); HAProxy 2.6 answers nothing,
   so the outcome is read from the master's reload and failure counters in `show proc`;
 - command: any command (e.g. a container runtime's kill), judged by its exit status.
@@ -96,21 +97,100 @@ async def cli_command(socket_path: Path, command: str, timeout: float) -> str:
     return answer.decode(errors="replace")
 
 
-class SignalReloader:
-    mode = "signal"
+def child_pids(pid: int) -> frozenset[int] | None:
+    """The processes whose parent is `pid`, or None if `pid` is gone or cannot be read.
 
-    def __init__(self, pidfile: Path) -> None:
-        self.pidfile = pidfile
+    Read from /proc/<pid>/task/*/children (CONFIG_PROC_CHILDREN, which Debian's and most
+    distributions' kernels have), else by scanning every /proc/<n>/stat for its parent.
+    """
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    children: set[int] = set()
+    try:
+        for task in tasks:
+            with open(f"/proc/{pid}/task/{task}/children") as listing:
+                children.update(int(child) for child in listing.read().split())
+    except FileNotFoundError:  # a kernel without the children files, or the task just ended
+        return _child_pids_by_scan(pid)
+    except OSError:
+        return None
+    return frozenset(children)
 
-    async def reload(self) -> None:
+
+def _child_pids_by_scan(pid: int) -> frozenset[int] | None:
+    children = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
         try:
-            pid = int(self.pidfile.read_text().split()[0])
+            with open(f"/proc/{entry}/stat") as stat:
+                # pid (comm) state ppid ...: comm may hold spaces and parentheses
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # ended meanwhile
+        if fields[1] == str(pid):
+            children.add(int(entry))
+    return frozenset(children) if os.path.exists(f"/proc/{pid}") else None
+
+
+class SignalReloader:
+    """SIGUSR2 to the master, then wait for the new worker it forks once the new configuration
+    is loaded. A signal that reaches a master still re-executing from the previous reload is lost
+    (HAProxy 2.6 does that): without a new worker after `RESEND_AFTER`, the signal is sent again
+    (it reloads the same file). No new worker within the timeout is a failed reload: the master
+    rejected the configuration and the old workers keep serving. Where the master's children
+    cannot be read (another PID namespace without /proc access), the signal is only sent."""
+
+    mode = "signal"
+    RESEND_AFTER = 1.0  # seconds without a new worker
+    POLL = 0.05
+
+    def __init__(self, pidfile: Path, timeout: float = 10.0) -> None:
+        self.pidfile = pidfile
+        self.timeout = timeout
+
+    def _master(self) -> int:
+        try:
+            return int(self.pidfile.read_text().split()[0])
         except (OSError, ValueError, IndexError) as err:
             raise ReloadError(f"cannot read the master pid from {self.pidfile}: {err}") from None
+
+    @staticmethod
+    def _signal(pid: int) -> None:
         try:
             os.kill(pid, signal.SIGUSR2)
         except OSError as err:
             raise ReloadError(f"cannot signal HAProxy master {pid}: {err.strerror}") from None
+
+    async def reload(self) -> None:
+        pid = self._master()
+        # In a thread: without the children files, /proc is scanned (a few ms per look).
+        before = await asyncio.to_thread(child_pids, pid)
+        self._signal(pid)
+        if before is None:
+            return  # nothing to confirm it by
+        loop = asyncio.get_running_loop()
+        sent_at, signals = loop.time(), 1
+        try:
+            async with asyncio.timeout(self.timeout):
+                while True:
+                    await asyncio.sleep(self.POLL)
+                    now = await asyncio.to_thread(child_pids, pid)
+                    if now is None:
+                        raise ReloadError(f"HAProxy master {pid} ended during the reload")
+                    if now - before:
+                        return
+                    if loop.time() - sent_at > self.RESEND_AFTER:
+                        self._signal(pid)
+                        sent_at, signals = loop.time(), signals + 1
+        except TimeoutError:
+            raise ReloadError(
+                f"HAProxy master {pid} started no new worker within {self.timeout:g}s"
+                f" ({signals} SIGUSR2 sent): it rejected the new configuration (see its log)"
+                " or cannot reload; the previous workers keep serving"
+            ) from None
 
 
 class MasterSocketReloader:

@@ -92,7 +92,7 @@ def make_reloader(options: HAProxyOptions) -> Reloader:
     if (mode == "master-socket" or fallback) and options.master_socket is not None:
         return MasterSocketReloader(options.master_socket, options.reload_timeout)
     if (mode == "signal" or fallback) and options.pidfile is not None:
-        return SignalReloader(options.pidfile)
+        return SignalReloader(options.pidfile, options.reload_timeout)
     if (mode == "command" or fallback) and options.reload_command is not None:
         return CommandReloader(options.reload_command, options.reload_timeout)
     return NoReloader()
