@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
@@ -14,6 +12,7 @@ from prometheus_client.registry import Collector
 from exporter.exposition import CHUNK, FAMILIES, LabelCache, render_targets
 from exporter.model import FailureReason, Result, Target
 from exporter.state import StateTracker, TargetEntry
+from tests.loop_turns import turns_during
 
 LABELS = ["app", "target", "address"]
 
@@ -114,17 +113,5 @@ async def test_label_cache_follows_a_target_that_moves():
 
 async def test_rendering_many_targets_yields_to_the_event_loop():
     tracker = tracker_with_history(3 * CHUNK)
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await asyncio.sleep(0)
-
-    task = asyncio.create_task(ticker())
-    await asyncio.sleep(0)
-    before = ticks
-    await render_targets(tracker.entries(), LabelCache())
-    task.cancel()
-    assert ticks - before >= 2  # other tasks ran between chunks
+    rendering = render_targets(tracker.entries(), LabelCache())
+    assert await turns_during(rendering) >= 2  # other tasks ran between chunks

@@ -11,6 +11,10 @@ from typing import Any
 
 import aiohttp
 
+from exporter.model import FailureReason, Result, Target
+from exporter.state import StateTracker
+from exporter.web import views
+from tests.loop_turns import turns_during
 from tests.process import ExporterProcess, exporter, value
 from tests.servers import target_server
 
@@ -273,3 +277,29 @@ async def test_an_app_in_panic_says_so_in_its_summary_and_sources_report_their_s
             status = await get_data(proc, "/api/v1/status")
             assert [s["targets"] for s in status["sources"]] == [3]
             assert status["haproxy"] is None
+
+
+# -- the targets' JSON at fleet scale (in process) ---------------------------------------------
+
+
+def fleet(n: int) -> StateTracker:
+    tracker = StateTracker(fall=2, rise=1)
+    targets = [Target(f"t{i}", f"app{i % 7}", "10.0.0.1", str(1000 + i)) for i in range(n)]
+    tracker.sync_targets(targets)
+    for i, target in enumerate(targets):
+        healthy = i % 3 != 0
+        reason = None if healthy else FailureReason.TIMEOUT
+        tracker.record_result(Result(target, healthy, 200 if healthy else 0, None, 0.01, reason))
+    return tracker
+
+
+async def test_targets_json_is_the_views_as_one_array_in_any_number_of_chunks():
+    for n in (0, 1, views.CHUNK, 2 * views.CHUNK + 3):
+        entries = fleet(n).entries()
+        whole = json.loads(await views.targets_json(entries))
+        assert whole == [views.target_view(e) for e in entries]
+
+
+async def test_building_many_targets_json_yields_to_the_event_loop():
+    entries = fleet(3 * views.CHUNK).entries()
+    assert await turns_during(views.targets_json(entries)) >= 2  # other tasks ran between chunks

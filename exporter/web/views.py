@@ -6,13 +6,19 @@ Field names follow issue 14's API; every object may grow keys (clients ignore un
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import asyncio
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from exporter.model import Result, TargetState
 from exporter.state import TargetEntry
 
 STATES = ("healthy", "unhealthy")
+
+CHUNK = 500
+"""Targets turned into JSON between two yields to the event loop (~5 ms of work): at 10,000
+targets the whole list took 90-120 ms, during which no check could start or end."""
 
 TargetFields = Callable[[TargetEntry], Mapping[str, object]]
 AppFields = Callable[[str], Mapping[str, object]]
@@ -69,6 +75,19 @@ def target_view(entry: TargetEntry, extensions: Extensions | None = None) -> dic
         for fields in extensions.target_fields:
             view.update(fields(entry))
     return view
+
+
+async def targets_json(entries: Sequence[TargetEntry], extensions: Extensions | None = None) -> str:
+    """The JSON array of `entries`' views, built CHUNK targets at a time with the event loop
+    let run in between. Each target's view is taken whole at once, so it is consistent; targets
+    of later chunks may show checks that ended meanwhile, as a later request would."""
+    pieces: list[str] = []
+    for start in range(0, len(entries), CHUNK):
+        if start:
+            await asyncio.sleep(0)
+        views = [target_view(entry, extensions) for entry in entries[start : start + CHUNK]]
+        pieces.append(json.dumps(views, separators=(",", ":"))[1:-1])
+    return "[" + ",".join(pieces) + "]"
 
 
 def app_summaries(
