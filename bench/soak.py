@@ -6,8 +6,9 @@ The exporter (as a user runs it: env vars, a subprocess, pinned to the measured 
 an HAProxy file (reload none) and a state file, with a panic threshold set. Meanwhile this script
 scrapes /metrics every second, sends SIGHUP every 30 s and rewrites the targets file every 10 s
 (adding or removing 10 extra targets in turn). Every `--sample` seconds it records the exporter's
-RSS, open fds, threads and asyncio tasks (`healthcheck_exporter_asyncio_tasks`), and at the end
-fits a line to the samples after the warm-up: the slopes (per hour) should be about zero.
+RSS (and apart: its heaps, and the file pages of its code), open fds, threads and asyncio tasks
+(`healthcheck_exporter_asyncio_tasks`), and at the end fits a line to the samples after the
+warm-up: the slopes (per hour) should be about zero.
 
     .venv/bin/python -m bench.soak [--duration 30m] [--targets 1000] [--interval 2s]
 
@@ -51,6 +52,7 @@ SCRAPE_EVERY = 1.0
 SIGHUP_EVERY = 30.0
 REWRITE_EVERY = 10.0
 EXTRA_TARGETS = 10
+SERIES = ("rss_mb", "rss_anon_mb", "rss_file_mb", "fds", "threads", "tasks")
 
 
 def target_list(farm: list[tuple[str, int]], flap_port: int, flapping: int, extra: bool) -> list:
@@ -180,6 +182,10 @@ def sample(child: Child, elapsed: float, metrics: str) -> dict[str, float]:
     return {
         "t": round(elapsed, 1),
         "rss_mb": round(child.rss_bytes() / 1e6, 2),
+        # Anonymous memory (the heaps) apart from file pages (code of the interpreter and its
+        # libraries, faulted in as rarer paths first run): only the first can be a leak.
+        "rss_anon_mb": round(proc_status_kib(child.pid, "RssAnon") * 1024 / 1e6, 2),
+        "rss_file_mb": round(proc_status_kib(child.pid, "RssFile") * 1024 / 1e6, 2),
         "fds": open_fds(child.pid),
         "threads": proc_status_kib(child.pid, "Threads"),  # a count, read like the sizes
         "tasks": value(metrics, "healthcheck_exporter_asyncio_tasks") or 0,
@@ -201,7 +207,8 @@ def _samples(metrics: str, name: str) -> dict[str, float]:
 
 def format_sample(s: dict[str, float]) -> str:
     return (
-        f"t={s['t']:7.1f}s rss={s['rss_mb']:7.2f}MB fds={s['fds']:5.0f} "
+        f"t={s['t']:7.1f}s rss={s['rss_mb']:7.2f}MB (anon {s['rss_anon_mb']:6.2f}) "
+        f"fds={s['fds']:5.0f} "
         f"threads={s['threads']:3.0f} tasks={s['tasks']:4.0f} cpu={s['cpu_s']:8.2f}s "
         f"transitions={s['transitions']:.0f}"
     )
@@ -211,20 +218,16 @@ def summarize(
     args: argparse.Namespace, samples: list[dict[str, float]], counts: dict[str, int], metrics: str
 ) -> dict[str, object]:
     warm = [s for s in samples if s["t"] >= args.warmup * samples[-1]["t"]]
-    slopes = {
-        key: round(slope_per_hour([(s["t"], s[key]) for s in warm]), 3)
-        for key in ("rss_mb", "fds", "threads", "tasks")
-    }
+    slopes = {key: round(slope_per_hour([(s["t"], s[key]) for s in warm]), 3) for key in SERIES}
     first, last = warm[0], samples[-1]
     cpu_share = (last["cpu_s"] - first["cpu_s"]) / max(last["t"] - first["t"], 1e-9)
     return {
-        "args": vars(args),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "counts": counts,
         "config_writes": _samples(metrics, "healthcheck_haproxy_config_writes_total"),
         "slopes_per_hour_after_warmup": slopes,
         "after_warmup": {
-            key: [min(s[key] for s in warm), max(s[key] for s in warm)]
-            for key in ("rss_mb", "fds", "threads", "tasks")
+            key: [min(s[key] for s in warm), max(s[key] for s in warm)] for key in SERIES
         },
         "cpu_share_after_warmup": round(cpu_share, 4),
         "samples": samples,
@@ -240,14 +243,15 @@ async def main() -> None:
     parser.add_argument("--interval", default="2s", help="HEALTHCHECK_INTERVAL")
     parser.add_argument("--sample", type=float, default=10.0, help="seconds between samples")
     parser.add_argument("--warmup", type=float, default=0.2, help="share of the run ignored")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON goes")
     args = parser.parse_args()
     pin_self()
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         result = await soak(args, Path(tmp))
     print(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=2))
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written to {RESULTS}")
+    args.results.parent.mkdir(exist_ok=True)
+    args.results.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written to {args.results}")
 
 
 if __name__ == "__main__":
