@@ -20,7 +20,6 @@ import datetime
 import json
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from bench.procs import (
     ensure_tools,
     loopback_untracked,
     pin_self,
+    run_until_stopped,
     which,
 )
 from bench.target import MAX_TARGETS, HAProxyProcess, haproxy_path, target_farm
@@ -253,10 +253,6 @@ def phase_names(text: str) -> frozenset[str]:
 
 
 async def main_async(args: argparse.Namespace, say: Progress) -> int:
-    task = asyncio.current_task()
-    assert task is not None
-    # A SIGTERM cancels the run like Ctrl-C does, so every `finally` stops its processes.
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     results, errors = await measure_all(args, say)
     table = report.rows(results, SCALES)
@@ -293,19 +289,16 @@ def main() -> None:
     pin_self()
     ensure_tools()
     haproxy_path()
-    try:
-        with loopback_untracked(args.untrack_loopback) as untracked:
-            args.loopback_untracked = untracked
-            if conntrack_loaded() and not untracked:
-                say(
-                    f"warning: netfilter tracks loopback connections ({conntrack_usage()} entries);"
-                    " a full table drops SYNs and stalls the saturated rounds:"
-                    " see --untrack-loopback"
-                )
-            status = asyncio.run(main_async(args, say))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        say("interrupted: every process started was stopped; nothing written")
-        status = 130
+    with loopback_untracked(args.untrack_loopback) as untracked:
+        args.loopback_untracked = untracked
+        if conntrack_loaded() and not untracked:
+            say(
+                f"warning: netfilter tracks loopback connections ({conntrack_usage()} entries);"
+                " a full table drops SYNs and stalls the saturated rounds:"
+                " see --untrack-loopback"
+            )
+        # SIGTERM cancels the run like Ctrl-C does, so every `finally` stops its processes.
+        status = run_until_stopped(main_async(args, say), say)
     sys.exit(status)
 
 

@@ -59,10 +59,15 @@ def _apt(args: list[str], sudo: list[str]) -> None:
 T = TypeVar("T")
 
 
-def run_until_stopped(main: Coroutine[Any, Any, T]) -> T:
-    """`asyncio.run(main)`, with SIGTERM cancelling it as Ctrl-C does. The processes `started`
-    runs are in process groups of their own, so a benchmark killed without its `finally` blocks
-    would leave them running (and holding the target's ports for the next run)."""
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def run_until_stopped(main: Coroutine[Any, Any, T], say: Callable[[str], None] = _to_stderr) -> T:
+    """`asyncio.run(main)`, with SIGTERM cancelling it as Ctrl-C does; either ends the process
+    with status 130 after `say`ing so. The processes `started` runs are in process groups of
+    their own, so a benchmark killed without its `finally` blocks would leave them running (and
+    holding the target's ports for the next run)."""
 
     async def guarded() -> T:
         task = asyncio.current_task()
@@ -73,7 +78,7 @@ def run_until_stopped(main: Coroutine[Any, Any, T]) -> T:
     try:
         return asyncio.run(guarded())
     except (KeyboardInterrupt, asyncio.CancelledError):
-        print("interrupted: every process started was stopped; nothing written", file=sys.stderr)
+        say("interrupted: every process started was stopped; nothing written")
         raise SystemExit(130) from None
 
 
